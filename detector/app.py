@@ -1,0 +1,163 @@
+"""Composition root: builds sources, pipeline, classifier and sinks from a Config and runs them."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO
+
+from detector import __version__
+from detector.capture.pcapfile import CaptureError, expand_paths, file_size, iter_frames
+from detector.classify.catalogue import load_catalogue, load_policy
+from detector.classify.classifier import Classifier
+from detector.classify.pseudonym import Pseudonymiser, load_or_create_key
+from detector.config import Config, state_path
+from detector.model import Stats, UsageEvent
+from detector.pipeline import Pipeline
+from detector.sinks.output import CsvSink, JsonlSink, SummarySink, render_coverage
+from detector.sinks.store import Store
+
+# Events handed to the database per transaction during `analyze`.
+STORE_BATCH = 20_000
+
+# Unattributed events that still belong in the database. Other names seen with --all are
+# printed only: storing every visited site would be a browsing history of the staff.
+_STORED_UNATTRIBUTED = frozenset({"encrypted-dns", "candidate"})
+
+
+class UserError(Exception):
+    """A problem the operator can fix; printed as one line, exit status 2."""
+
+
+def build_classifier(cfg: Config) -> Classifier:
+    """Load catalogue, policy and pseudonym key as the config says."""
+    catalogue = load_catalogue(Path(cfg.rules.dir))
+    policy = load_policy(cfg.policy_path())
+    key = load_or_create_key(state_path(cfg.privacy.key_file))
+    return Classifier(catalogue, policy, Pseudonymiser(key), raw_clients=cfg.privacy.raw_clients, sensor=cfg.sensor.name)
+
+
+@dataclass(slots=True)
+class AnalyzeResult:
+    """What an offline analysis did, for the exit status and the run record."""
+
+    files_ok: int
+    files_failed: int
+    stats: Stats
+    seconds: float
+    new_events: int
+
+
+def analyze(
+    paths: Sequence[Path],
+    cfg: Config,
+    *,
+    fmt: str,
+    include_all: bool,
+    out: IO[str],
+    warn: Callable[[str], None],
+    progress: bool,
+) -> AnalyzeResult:
+    """Run captures through the pipeline into the chosen output and the database."""
+    files = expand_paths(list(paths))
+    classifier = build_classifier(cfg)
+    store = _open_store(cfg)
+    pending: list[UsageEvent] = []
+    new_events = 0
+
+    printer: JsonlSink | CsvSink | SummarySink
+    if fmt == "jsonl":
+        printer = JsonlSink(out)
+    elif fmt == "csv":
+        printer = CsvSink(out)
+    else:
+        printer = SummarySink()
+
+    def emit(ev: UsageEvent) -> None:
+        nonlocal new_events
+        printer.handle(ev)
+        if store is not None and (ev.service or ev.kind in _STORED_UNATTRIBUTED):
+            pending.append(ev)
+            if len(pending) >= STORE_BATCH:
+                new_events += store.write_events(pending)
+                pending.clear()
+
+    stats = Stats()
+    pipeline = Pipeline(cfg, classifier, emit, stats, include_unmatched=include_all)
+    started = time.monotonic()
+    ok = failed = 0
+    bar = _progress_bar(files) if progress else None
+    try:
+        for path in files:
+            try:
+                frames = iter_frames(path, on_warning=warn, progress=bar.update if bar else None)
+                pipeline.run(frames)
+                ok += 1
+            except CaptureError as exc:
+                warn(f"error: {exc}")
+                failed += 1
+        pipeline.finish()
+    finally:
+        if bar is not None:
+            bar.close()
+    stats.files_read, stats.files_failed = ok, failed
+    seconds = time.monotonic() - started
+    if store is not None:
+        try:
+            if pending:
+                new_events += store.write_events(pending)
+            store.record_run(_run_record(cfg, files, stats, seconds))
+        finally:
+            store.close()
+    if isinstance(printer, SummarySink):
+        out.write(printer.render())
+        out.write("\n" + render_coverage(stats))
+    printer.close()
+    return AnalyzeResult(ok, failed, stats, seconds, new_events)
+
+
+def _open_store(cfg: Config) -> Store | None:
+    if not cfg.store.path:
+        return None
+    store = Store(
+        state_path(cfg.store.path),
+        sensor=cfg.sensor.name,
+        raw_retention_days=cfg.store.raw_retention_days,
+        aggregate_retention_days=cfg.store.aggregate_retention_days,
+    )
+    store.open()
+    return store
+
+
+def _run_record(cfg: Config, files: Sequence[Path], stats: Stats, seconds: float) -> dict:
+    blind = sum(stats.flows_blind.values())
+    return {
+        "started": datetime.now(timezone.utc),
+        "mode": "analyze",
+        "sensor": cfg.sensor.name,
+        "version": __version__,
+        "files": [str(p) for p in files],
+        "packets": stats.packets,
+        "seconds": round(seconds, 3),
+        "anomalies": dict(stats.anomalies),
+        "coverage": {
+            "named": stats.flows_named,
+            "dns_only": stats.flows_dns_only,
+            "blind": blind,
+            "blind_reasons": dict(stats.flows_blind),
+        },
+    }
+
+
+def _progress_bar(files: Sequence[Path]):  # type: ignore[no-untyped-def]
+    """A byte-based progress bar on stderr when it is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    total = sum(file_size(p) for p in files)
+    return tqdm(total=total, unit="B", unit_scale=True, desc="analyze", leave=False, file=sys.stderr)

@@ -1,0 +1,334 @@
+"""The only place the stages meet: frames → decode → flows → classify → events.
+
+Per packet: decode to an L4Packet, count it into its flow, and while the flow's name is
+still unknown hand its first bytes to the application decoders. DNS over UDP never makes
+a flow: queries become lookup events, answers feed the DNS cache. Flows become events when
+they end. Everything here is the hot path; work for a packet stops as soon as the packet
+cannot add anything.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from detector.config import Config
+from detector.decode import dns as dns_dec
+from detector.decode import http as http_dec
+from detector.decode import quic as quic_dec
+from detector.decode import tls as tls_dec
+from detector.decode.net import decode_frame, decode_l4
+from detector.flows.dnscache import DnsCache
+from detector.flows.fragments import FragmentTable
+from detector.flows.reassembly import StreamHead
+from detector.flows.table import Flow, FlowTable
+from detector.model import (
+    SYN,
+    TCP,
+    UDP,
+    Anomaly,
+    ClientHello,
+    DnsMessage,
+    Evidence,
+    EventKind,
+    FlowRecord,
+    Frame,
+    HttpRequest,
+    IPFragment,
+    L4Packet,
+    NeedMore,
+    Stats,
+    UsageEvent,
+)
+
+DNS_PORT = 53
+
+# Client Initials looked at before a QUIC flow is declared nameless: Chrome spreads a
+# large ClientHello over two or three Initials; anything beyond a handful is not a handshake.
+MAX_QUIC_INITIALS = 8
+
+# Recent DNS queries remembered so that their answers do not make a second lookup event;
+# one answer follows its query within milliseconds, so a few thousand is plenty.
+MAX_PENDING_QUERIES = 8192
+
+# Coverage: which nameless flows count as TLS/QUIC for the visibility figures.
+_TLS_PORTS = frozenset({443, 853, 8443})
+
+
+class Pipeline:
+    """Turns frames into UsageEvents through `emit`; counts everything into `stats`."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        classifier: object,
+        emit: Callable[[UsageEvent], None],
+        stats: Stats | None = None,
+        include_unmatched: bool = False,
+    ) -> None:
+        fc = cfg.flows
+        self.classifier = classifier  # swapped whole on reload
+        self.emit = emit
+        self.stats = stats or Stats()
+        self.include_unmatched = include_unmatched
+        self.table = FlowTable(fc.max_flows, fc.idle_timeout, fc.active_timeout, fc.linger)
+        self.dnscache = DnsCache(fc.dns_cache_entries, fc.dns_cache_grace)
+        self.fragments = FragmentTable()
+        self.inspect_bytes = fc.inspect_bytes
+        self._queries: OrderedDict[tuple[bytes, int, str], None] = OrderedDict()
+
+    # -- input -----------------------------------------------------------------
+
+    def run(self, frames: Iterable[Frame]) -> None:
+        """Feed every frame of an iterable."""
+        feed = self.feed
+        for ts, linktype, data in frames:
+            feed(ts, linktype, data)
+
+    def feed(self, ts: float, linktype: int, data: bytes) -> None:
+        """Process one frame."""
+        stats = self.stats
+        stats.packets += 1
+        stats.bytes += len(data)
+        res = decode_frame(ts, linktype, data)
+        if type(res) is L4Packet:
+            self._packet(res)
+        elif res is None:
+            stats.frames_skipped += 1
+        elif type(res) is IPFragment:
+            self._fragment(res)
+        else:
+            stats.anomaly(res.kind)  # type: ignore[union-attr]
+
+    def _fragment(self, frag: IPFragment) -> None:
+        payload = self.fragments.add(frag)
+        if payload is None:
+            return
+        res = decode_l4(frag.ts, frag.src, frag.dst, frag.proto, payload, len(payload) + 20)
+        if type(res) is L4Packet:
+            self._packet(res)
+        elif isinstance(res, Anomaly):
+            self.stats.anomaly(res.kind)
+
+    def _packet(self, pkt: L4Packet) -> None:
+        if pkt.proto == UDP and (pkt.dport == DNS_PORT or pkt.sport == DNS_PORT):
+            self._dns_datagram(pkt)
+            return
+        flow, up = self.table.observe(pkt)
+        if flow.packets == 1:
+            flow.cache_name = self.dnscache.lookup(pkt.ts, flow.client, flow.server)
+        if flow.inspecting:
+            if pkt.proto == TCP:
+                self._inspect_tcp(flow, up, pkt)
+            elif up and pkt.payload:
+                self._inspect_udp(flow, pkt)
+        if self.table.ended:
+            for rec in self.table.take():
+                self._flow_ended(rec)
+
+    # -- DNS -------------------------------------------------------------------
+
+    def _dns_datagram(self, pkt: L4Packet) -> None:
+        msg = dns_dec.parse_dns(pkt.payload)
+        if type(msg) is DnsMessage:
+            if msg.is_response:
+                self._dns_response(pkt.ts, pkt.dst, pkt.src, pkt.sport, msg, pkt.ip_len, "udp")
+            else:
+                self._dns_query(pkt.ts, pkt.src, pkt.dst, pkt.dport, msg, pkt.ip_len, "udp")
+        elif isinstance(msg, Anomaly):
+            self.stats.anomaly(msg.kind)
+        elif isinstance(msg, NeedMore):
+            self.stats.anomaly("dns.truncated")
+
+    def _dns_query(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
+        if not msg.questions:
+            return
+        key = (client, msg.txid, msg.questions[0][0])
+        queries = self._queries
+        if key in queries:
+            return  # a retransmitted query is the same lookup
+        queries[key] = None
+        if len(queries) > MAX_PENDING_QUERIES:
+            queries.popitem(last=False)
+        self._dns_events(ts, client, server, port, msg, size, transport)
+
+    def _dns_response(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
+        self.dnscache.learn(ts, client, msg)
+        if msg.questions and self._queries.pop((client, msg.txid, msg.questions[0][0]), 0) is None:
+            return  # its query was seen and already reported
+        self._dns_events(ts, client, server, port, msg, size, transport)
+
+    def _dns_events(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
+        events = self.classifier.classify_dns(  # type: ignore[attr-defined]
+            ts, client, server, port, msg, size, transport, self.include_unmatched
+        )
+        for ev in events:
+            self.stats.events += 1
+            self.emit(ev)
+
+    # -- TCP -------------------------------------------------------------------
+
+    def _inspect_tcp(self, flow: Flow, up: bool, pkt: L4Packet) -> None:
+        if pkt.flags & SYN:
+            head = StreamHead(self.inspect_bytes, (pkt.seq + 1) & 0xFFFFFFFF)
+            if up:
+                flow.head = head
+            elif flow.sport == DNS_PORT:
+                flow.head_down = head
+            return
+        if not pkt.payload:
+            return
+        if up:
+            head = flow.head
+            if head is None:
+                head = flow.head = StreamHead(self.inspect_bytes)
+        elif flow.sport == DNS_PORT:
+            head = flow.head_down
+            if head is None:
+                head = flow.head_down = StreamHead(self.inspect_bytes)
+        else:
+            return
+        if not head.add(pkt.seq, pkt.payload):
+            if head.overflow:
+                self.stats.reassembly_overflows += 1
+                flow.stop_inspecting()
+            return
+        if flow.sport == DNS_PORT and flow.app in (None, "dns"):
+            self._dns_stream(flow, up, head, pkt.ts)
+            return
+        data = bytes(head.data)
+        app = flow.app
+        if app is None:
+            app = flow.app = "tls" if data[0] == 0x16 else "http"
+        res = tls_dec.parse_tls_client_hello(data) if app == "tls" else http_dec.parse_http_request(data)
+        if type(res) is ClientHello:
+            self._named_by_hello(flow, res, Evidence.TLS_SNI)
+        elif type(res) is HttpRequest:
+            self._named_by_http(flow, res)
+        elif isinstance(res, NeedMore):
+            if head.overflow:
+                self.stats.reassembly_overflows += 1
+                flow.stop_inspecting()
+        else:
+            if isinstance(res, Anomaly):
+                self.stats.anomaly(res.kind)
+            if app == "http":
+                flow.app = None
+            flow.stop_inspecting()
+
+    def _dns_stream(self, flow: Flow, up: bool, head: StreamHead, ts: float) -> None:
+        flow.app = "dns"
+        msgs, used = dns_dec.parse_dns_tcp(bytes(head.data))
+        head.consume(used)
+        for msg in msgs:
+            if type(msg) is not DnsMessage:
+                self.stats.anomaly(msg.kind)  # type: ignore[union-attr]
+            elif msg.is_response:
+                self._dns_response(ts, flow.client, flow.server, flow.sport, msg, 0, "tcp")
+            else:
+                self._dns_query(ts, flow.client, flow.server, flow.sport, msg, 0, "tcp")
+
+    def _named_by_hello(self, flow: Flow, hello: ClientHello, evidence: Evidence) -> None:
+        flow.alpn = hello.alpn
+        flow.ja4 = hello.ja4
+        flow.ech = hello.ech
+        flow.versions = hello.versions
+        if hello.sni and not hello.ech:
+            flow.name = hello.sni
+            flow.evidence = evidence
+        elif hello.sni and hello.ech:
+            # The outer SNI of an ECH hello is the provider's public name, not the site.
+            flow.name = flow.cache_name or hello.sni
+            flow.evidence = Evidence.DNS_CACHE if flow.cache_name else evidence
+        flow.stop_inspecting()
+
+    def _named_by_http(self, flow: Flow, req: HttpRequest) -> None:
+        if req.host:
+            flow.name = req.host
+            flow.evidence = Evidence.HTTP_CONNECT if req.method == "CONNECT" else Evidence.HTTP_HOST
+        flow.user_agent = req.user_agent
+        flow.stop_inspecting()
+
+    # -- UDP / QUIC ------------------------------------------------------------
+
+    def _inspect_udp(self, flow: Flow, pkt: L4Packet) -> None:
+        payload = pkt.payload
+        if not payload[0] & 0x80:
+            if flow.app != "quic":
+                flow.stop_inspecting()  # not a QUIC long header: nothing to learn here
+            return
+        res = quic_dec.parse_quic_initials(payload)
+        if type(res) is tuple:
+            flow.app = "quic"
+            flow.transport = "quic"
+            crypto = flow.crypto
+            if crypto is None:
+                crypto = flow.crypto = {}
+            hello = None
+            for initial in res:
+                chunks = crypto.setdefault(initial.dcid, [])
+                chunks.extend(initial.crypto)
+                hs = quic_dec.assemble_crypto(chunks)
+                if hs:
+                    hello = tls_dec.parse_client_hello_handshake(hs, "q")
+                    if type(hello) is ClientHello:
+                        self._named_by_hello(flow, hello, Evidence.QUIC_SNI)
+                        return
+            if isinstance(hello, Anomaly):
+                self.stats.anomaly(hello.kind)
+                flow.stop_inspecting()
+            elif flow.packets > MAX_QUIC_INITIALS:
+                flow.stop_inspecting()
+        elif isinstance(res, Anomaly):
+            self.stats.anomaly(res.kind)
+            if flow.app != "quic" or flow.packets > MAX_QUIC_INITIALS:
+                flow.stop_inspecting()
+        elif flow.app != "quic":
+            flow.stop_inspecting()
+
+    # -- flow end --------------------------------------------------------------
+
+    def _flow_ended(self, rec: FlowRecord) -> None:
+        stats = self.stats
+        stats.flows_total += 1
+        ev = self.classifier.classify_flow(rec, self.include_unmatched)  # type: ignore[attr-defined]
+        self._coverage(rec, ev)
+        if ev is not None:
+            stats.events += 1
+            self.emit(ev)
+
+    def _coverage(self, rec: FlowRecord, ev: UsageEvent | None) -> None:
+        """Count a TLS/QUIC flow as named, attributed by DNS only, or blind (with a reason)."""
+        if not (rec.app in ("tls", "quic") or rec.server_port in _TLS_PORTS):
+            return
+        stats = self.stats
+        if ev is not None and ev.kind == EventKind.ENCRYPTED_DNS.value:
+            reason = "encrypted-dns"
+        elif rec.evidence is Evidence.DNS_CACHE:
+            stats.flows_dns_only += 1
+            return
+        elif rec.ech:
+            reason = "ech"  # the SNI is the provider's public name, not the site
+        elif rec.evidence in (Evidence.TLS_SNI, Evidence.QUIC_SNI, Evidence.HTTP_HOST, Evidence.HTTP_CONNECT):
+            stats.flows_named += 1
+            return
+        elif not rec.saw_start:
+            reason = "mid-flow"
+        elif rec.ja4:
+            reason = "no-sni"
+        elif rec.app == "quic":
+            reason = "quic-undecrypted"
+        else:
+            reason = "no-handshake"
+        stats.flows_blind[reason] = stats.flows_blind.get(reason, 0) + 1
+
+    def finish(self) -> None:
+        """End of input: report every flow still open."""
+        for rec in self.table.drain():
+            self._flow_ended(rec)
+        self.stats.flows_evicted = self.table.evicted
+
+    def sync_stats(self) -> None:
+        """Copy table-owned counters into stats (cheap; called by metrics and at the end)."""
+        self.stats.flows_evicted = self.table.evicted
+        self.stats.dns_cache_evictions = self.dnscache.evictions
