@@ -18,7 +18,7 @@ from detector.decode import http as http_dec
 from detector.decode import quic as quic_dec
 from detector.decode import tls as tls_dec
 from detector.decode.net import decode_frame, decode_l4
-from detector.flows.dnscache import DnsCache
+from detector.flows.dnscache import DnsCache, answer_addresses
 from detector.flows.fragments import FragmentTable
 from detector.flows.reassembly import StreamHead
 from detector.flows.table import Flow, FlowTable
@@ -76,6 +76,9 @@ class Pipeline:
         self.fragments = FragmentTable()
         self.inspect_bytes = fc.inspect_bytes
         self._queries: OrderedDict[tuple[bytes, int, str], None] = OrderedDict()
+        # Told the address of every AI endpoint as soon as it is known (a live kernel filter
+        # keeps admitting its packets); None when nobody needs it.
+        self.watch_ai: Callable[[bytes], None] | None = None
 
     # -- input -----------------------------------------------------------------
 
@@ -154,6 +157,9 @@ class Pipeline:
 
     def _dns_response(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
         self.dnscache.learn(ts, client, msg)
+        if self.watch_ai is not None and msg.answers and self.classifier.match(msg.questions[0][0]):  # type: ignore[attr-defined]
+            for addr in answer_addresses(msg):
+                self.watch_ai(addr)
         if msg.questions and self._queries.pop((client, msg.txid, msg.questions[0][0]), 0) is None:
             return  # its query was seen and already reported
         self._dns_events(ts, client, server, port, msg, size, transport)
@@ -241,6 +247,8 @@ class Pipeline:
             flow.name = flow.cache_name or hello.sni
             flow.evidence = Evidence.DNS_CACHE if flow.cache_name else evidence
         flow.stop_inspecting()
+        if self.watch_ai is not None and flow.name and self.classifier.match(flow.name):  # type: ignore[attr-defined]
+            self.watch_ai(flow.server)
 
     def _named_by_http(self, flow: Flow, req: HttpRequest) -> None:
         if req.host:
@@ -321,6 +329,12 @@ class Pipeline:
         else:
             reason = "no-handshake"
         stats.flows_blind[reason] = stats.flows_blind.get(reason, 0) + 1
+
+    def tick(self, now: float) -> None:
+        """Advance flow time without a packet (quiet live link) and report idle flows."""
+        self.table.advance(now)
+        for rec in self.table.take():
+            self._flow_ended(rec)
 
     def finish(self) -> None:
         """End of input: report every flow still open."""

@@ -10,11 +10,27 @@ from __future__ import annotations
 import socket
 from collections import OrderedDict
 
-from detector.model import DnsMessage
+from detector.model import DnsAnswer, DnsMessage
 
 A, AAAA, CNAME = 1, 28, 5
 
 _FAMILY = {A: socket.AF_INET, AAAA: socket.AF_INET6}
+
+
+def _packed(ans: DnsAnswer) -> bytes | None:
+    """The packed address of an A/AAAA answer, else None."""
+    family = _FAMILY.get(ans.rtype)
+    if family is None:
+        return None
+    try:
+        return socket.inet_pton(family, ans.value)
+    except OSError:
+        return None
+
+
+def answer_addresses(msg: DnsMessage) -> list[bytes]:
+    """The A/AAAA addresses of a response, packed."""
+    return [a for a in map(_packed, msg.answers) if a is not None]
 
 
 class DnsCache:
@@ -45,12 +61,8 @@ class DnsCache:
         m = self._map
         n = 0
         for ans in msg.answers:
-            family = _FAMILY.get(ans.rtype)
-            if family is None:
-                continue
-            try:
-                addr = socket.inet_pton(family, ans.value)
-            except OSError:
+            addr = _packed(ans)
+            if addr is None:
                 continue
             key = (client, addr)
             expiry = ts + min(float(ans.ttl), self.max_ttl) + self.grace

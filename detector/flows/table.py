@@ -225,6 +225,12 @@ class FlowTable:
             del flows[flow.fwd]
             ended.append(flow.record(EndReason.IDLE))
 
+    def advance(self, now: float) -> None:
+        """Move the clock without a packet (a quiet live link), ending idle flows."""
+        if now > self._now:
+            self._now = now
+            self._tick(now)
+
     def drain(self) -> list[FlowRecord]:
         """End every flow (end of input) and return all records not yet taken."""
         for flow in self._flows.values():
