@@ -97,6 +97,57 @@ def analyze(files: tuple[Path, ...], fmt: str, include_all: bool, db: str | None
 
 
 @cli.command()
+@click.option("--interface", "-i", "interfaces", multiple=True, help="Mirror-port interface to capture on (repeatable).")
+@click.option("--pcap", "replay", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Replay a capture through the daemon path instead of capturing.")
+@click.option("--speed", type=click.Choice(["max", "recorded"]), default="max", show_default=True,
+              help="Replay speed: as fast as possible, or at the capture's own pace.")
+@click.option("--exit-after-replay", is_flag=True, help="Exit when the replay ends (default: keep serving metrics).")
+@click.option("--db", "db", default=None, help="DuckDB file (default from config).")
+@click.option("--no-db", is_flag=True, help="Do not write a database.")
+@click.option("--metrics-listen", default=None, help="HOST:PORT for /metrics (default 127.0.0.1:9810; '' = off).")
+@click.option("--bpf", default=None, help="Kernel prefilter: 'auto' (the sensor's own), '' (none) or a tcpdump expression.")
+@click.option("--sensor", default=None, help="Sensor name recorded with events and exports.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None, help="Log format on stderr.")
+@_with(_rules_options)
+@_config_option
+def run(interfaces: tuple[str, ...], replay: Path | None, speed: str, exit_after_replay: bool, db: str | None,
+        no_db: bool, metrics_listen: str | None, bpf: str | None, sensor: str | None, log_format: str | None,
+        rules_dir: str | None, policy: str | None, config_path: str | None) -> None:  # fmt: skip
+    """Run the sensor: capture on mirror-port interfaces (or replay a capture), keep the
+    database current, serve Prometheus metrics. SIGHUP reloads catalogue and policy;
+    SIGTERM/SIGINT drain, flush and exit."""
+    from detector import daemon
+    from detector.logs import setup_logging
+
+    overrides = {
+        "capture.interfaces": list(interfaces) or None,
+        "store.path": "" if no_db else db,
+        "metrics.listen": metrics_listen,
+        "capture.bpf": bpf,
+        "sensor.name": sensor,
+        "logging.format": log_format,
+        "rules.dir": rules_dir,
+        "rules.policy": policy,
+    }
+    cfg = _load_config(config_path, overrides)
+    setup_logging(cfg.logging.format, cfg.logging.level)
+    if not cfg.capture.interfaces and replay is None:
+        _fail("nothing to capture: give --interface IF (or capture.interfaces in the config), or --pcap FILE")
+    if replay is not None and not replay.exists():
+        _fail(f"{replay}: no such capture file")
+    d = daemon.Daemon(
+        cfg,
+        interfaces=() if replay is not None else cfg.capture.interfaces,
+        replay=replay,
+        realtime=speed == "recorded",
+        exit_after_replay=exit_after_replay,
+        reload_config=lambda: _load_config(config_path, overrides),
+    )
+    sys.exit(d.run())
+
+
+@cli.command()
 @click.option("--db", "db", default=None, help="DuckDB file, or a directory of Parquet exports (many sensors).")
 @click.option("--since", default=None, help="Start: ISO date/time, or an age such as 7d, 24h (default: all).")
 @click.option("--until", default=None, help="End: ISO date/time (default: now).")
@@ -194,6 +245,7 @@ def config_show(fmt: str, config_path: str | None) -> None:
 
 def main() -> None:
     """Entry point: one-line errors, never a traceback, for problems the operator can fix."""
+    from detector.capture.live import CaptureSetupError
     from detector.capture.pcapfile import CaptureError
     from detector.classify.catalogue import RulesError
 
@@ -206,7 +258,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except (ConfigError, CaptureError) as exc:
+    except (ConfigError, CaptureError, CaptureSetupError) as exc:
         _fail(str(exc))
     except RulesError as exc:
         for p in exc.problems:

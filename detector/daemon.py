@@ -1,0 +1,384 @@
+"""`shadowai run`: the long-running sensor on mirror-port interfaces (or a replayed capture).
+
+Threads: one reader per interface (libpcap releases the GIL while it waits) feeding a
+bounded queue; the main thread runs the pipeline; the database writer, the metrics server
+and each alert transport have their own threads, so a slow disk or a dead SIEM never
+stalls capture. Signals only set flags; the main loop acts on them between batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from detector.app import build_classifier
+from detector.capture.live import CaptureSetupError, LiveInterface, prefilter
+from detector.capture.pcapfile import iter_frames
+from detector.config import Config, state_path
+from detector.model import Stats, UsageEvent
+from detector.pipeline import Pipeline
+
+log = logging.getLogger("shadowai")
+
+# Batches waiting for the pipeline. When Python falls behind, readers block here and the
+# kernel ring buffer absorbs the burst (its drops are counted), instead of memory growing.
+QUEUE_BATCHES = 256
+# How often the main loop does its housekeeping (flow expiry on wall time, watchdog,
+# filter update, retention) when packets keep it busy.
+HOUSEKEEPING_SECONDS = 1.0
+# AI server addresses kept in the kernel filter's exemption list. A BPF program has at
+# most 4096 instructions; each address costs about six, for both the plain and VLAN branch.
+MAX_FILTER_HOSTS = 256
+
+
+@dataclass(slots=True)
+class RulesState:
+    """What the metrics say about the rules in force."""
+
+    version: str = ""
+    services: int = 0
+    last_reload_success: bool = True
+    last_reload_timestamp: float = field(default_factory=time.time)
+
+
+class _Reader(threading.Thread):
+    """Moves batches from one source into the queue until stopped or exhausted."""
+
+    def __init__(self, name: str, read: Callable[[], list | None], out: queue.Queue, stop: threading.Event) -> None:
+        super().__init__(name=f"capture-{name}", daemon=True)
+        self._read, self._out, self._stop = read, out, stop
+        self.error: str | None = None
+        self.finished = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                batch = self._read()
+                if batch is None:
+                    break
+                if batch:
+                    while not self._stop.is_set():
+                        try:
+                            self._out.put(batch, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+        except Exception as exc:  # noqa: BLE001 - reported by the main loop, never silent
+            self.error = f"{self.name}: {exc}"
+        finally:
+            self.finished.set()
+
+
+class _Replay:
+    """A capture file as a batch source, at recorded speed or as fast as possible."""
+
+    def __init__(self, path: Path, realtime: bool, warn: Callable[[str], None]) -> None:
+        self._frames = iter_frames(path, on_warning=warn)
+        self._realtime = realtime
+        self._offset: float | None = None
+        self._next: tuple[float, int, bytes] | None = None  # read but not yet due
+
+    def read(self) -> list | None:
+        """The next frames that are due; [] while waiting; None at the end."""
+        batch: list = []
+        while True:
+            frame = self._next if self._next is not None else next(self._frames, None)
+            self._next = None
+            if frame is None:
+                return batch or None
+            if self._realtime:
+                now = time.monotonic()
+                if self._offset is None:
+                    self._offset = now - frame[0]
+                wait = frame[0] + self._offset - now
+                if wait > 0:
+                    self._next = frame
+                    if not batch:
+                        time.sleep(min(wait, 0.2))  # short, so a stop request is seen soon
+                    return batch
+            batch.append(frame)
+            if len(batch) >= 256:
+                return batch
+
+
+class AiHostWatch:
+    """Addresses of AI endpoints the kernel filter must keep admitting (LRU-bounded)."""
+
+    def __init__(self, limit: int = MAX_FILTER_HOSTS) -> None:
+        self._hosts: OrderedDict[bytes, None] = OrderedDict()
+        self.limit = limit
+        self.changed = False
+
+    def add(self, addr: bytes) -> None:
+        """Remember an AI endpoint address."""
+        hosts = self._hosts
+        if addr in hosts:
+            hosts.move_to_end(addr)
+            return
+        hosts[addr] = None
+        if len(hosts) > self.limit:
+            hosts.popitem(last=False)
+        self.changed = True
+
+    def texts(self) -> list[str]:
+        """The addresses as text for a filter expression."""
+        fam = {4: socket.AF_INET, 16: socket.AF_INET6}
+        return [socket.inet_ntop(fam[len(a)], a) for a in self._hosts]
+
+
+class Daemon:
+    """The composed sensor; `run()` blocks until SIGTERM/SIGINT (or the replay ends)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        interfaces: tuple[str, ...] = (),
+        replay: Path | None = None,
+        realtime: bool = False,
+        exit_after_replay: bool = False,
+        config_path: Path | None = None,
+        reload_config: Callable[[], Config] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.interfaces = interfaces
+        self.replay = replay
+        self.realtime = realtime
+        self.exit_after_replay = exit_after_replay
+        self._reload_config = reload_config
+        self.stats = Stats()
+        self._stop = threading.Event()
+        self._reload = False
+        self._queue: queue.Queue = queue.Queue(QUEUE_BATCHES)
+        self.rules = RulesState()
+        self.watch = AiHostWatch()
+        self._live: list[LiveInterface] = []
+        self._readers: list[_Reader] = []
+        self._sinks: list[Callable[[UsageEvent], None]] = []
+        self._closers: list[Callable[[], None]] = []
+
+    # -- set-up ----------------------------------------------------------------
+
+    def _setup(self) -> None:
+        from detector.sinks.metrics import build_metrics
+        from detector.sinks.store import BatchWriter, Store
+
+        cfg = self.cfg
+        self.classifier = build_classifier(cfg)
+        self._rules_loaded(True)
+        self.pipeline = Pipeline(cfg, self.classifier, self._emit, self.stats)
+        self.pipeline.watch_ai = self.watch.add if cfg.capture.bpf == "auto" and self.interfaces else None
+        self.writer = None
+        if cfg.store.path:
+            store = Store(
+                state_path(cfg.store.path),
+                sensor=cfg.sensor.name,
+                raw_retention_days=cfg.store.raw_retention_days,
+                aggregate_retention_days=cfg.store.aggregate_retention_days,
+            )
+            self.writer = BatchWriter(
+                store, flush_interval=cfg.store.flush_interval, max_batch=cfg.store.max_batch,
+                max_backlog=cfg.store.max_backlog,
+            )  # fmt: skip
+            self._sinks.append(self.writer.put)
+            self._closers.append(self.writer.close)
+        self.metrics = build_metrics(self)
+        self._sinks.insert(0, self.metrics.usage.handle)
+        if self.metrics.server is not None:
+            self._closers.append(self.metrics.close)
+        self._open_sources()
+
+    def _open_sources(self) -> None:
+        cfg = self.cfg.capture
+        for name in self.interfaces:
+            bpf = cfg.bpf
+            iface = LiveInterface(name, snaplen=cfg.snaplen, promiscuous=cfg.promiscuous, buffer_mib=cfg.buffer_mib, bpf="")
+            if bpf == "auto":
+                bpf = prefilter(ethernet=iface.linktype == 1)
+            if bpf:
+                iface.set_filter(bpf)
+            self._live.append(iface)
+            self._readers.append(_Reader(name, iface.read, self._queue, self._stop))
+        if self.replay is not None:
+            warn = lambda msg: log.warning("%s", msg)  # noqa: E731
+            source = _Replay(self.replay, self.realtime, warn)
+            self._readers.append(_Reader(self.replay.name, source.read, self._queue, self._stop))
+
+    def _rules_loaded(self, ok: bool) -> None:
+        cat = self.classifier.catalogue
+        self.rules = RulesState(str(cat.version), len(cat.services), ok, time.time())
+
+    # -- events ----------------------------------------------------------------
+
+    def _emit(self, ev: UsageEvent) -> None:
+        for sink in self._sinks:
+            sink(ev)
+
+    def add_sink(self, sink: Callable[[UsageEvent], None], close: Callable[[], None] | None = None) -> None:
+        """Attach another consumer of events (e.g. alerts)."""
+        self._sinks.append(sink)
+        if close is not None:
+            self._closers.append(close)
+
+    # -- signals ---------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_reload", True))
+
+    def stop(self) -> None:
+        """Ask the main loop to drain and exit."""
+        self._stop.set()
+
+    def _do_reload(self) -> None:
+        self._reload = False
+        try:
+            cfg = self._reload_config() if self._reload_config else self.cfg
+            classifier = build_classifier(cfg)
+        except Exception as exc:  # noqa: BLE001 - a broken rules file must not stop the sensor
+            self.rules.last_reload_success = False
+            self.rules.last_reload_timestamp = time.time()
+            log.error("reload failed, keeping the rules in force: %s", _one_line(exc))
+            return
+        self.cfg = cfg
+        self.classifier = classifier
+        self.pipeline.classifier = classifier
+        self._rules_loaded(True)
+        log.info("rules reloaded: %d services, version %s", self.rules.services, self.rules.version)
+
+    # -- main loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Capture until stopped; return the exit status."""
+        self._setup()
+        self._install_signals()
+        for r in self._readers:
+            r.start()
+        log.info(
+            "sensor %s running: %s; metrics on %s; database %s",
+            self.cfg.sensor.name,
+            ", ".join(self.interfaces) or f"replay of {self.replay}",
+            self.cfg.metrics.listen or "(off)",
+            self.cfg.store.path or "(off)",
+        )
+        notify("READY=1")
+        watchdog = _watchdog_interval()
+        next_house = time.monotonic()
+        replay_done = False
+        status = 0
+        feed = self.pipeline.feed
+        try:
+            while not self._stop.is_set():
+                try:
+                    batch = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    batch = None
+                if batch:
+                    for ts, lt, data in batch:
+                        feed(ts, lt, data)
+                now = time.monotonic()
+                if now >= next_house:
+                    next_house = now + HOUSEKEEPING_SECONDS
+                    self._housekeeping(live=bool(self._live))
+                    if watchdog:
+                        notify("WATCHDOG=1")
+                if self._reload:
+                    self._do_reload()
+                if not replay_done and self.replay is not None and self._queue.empty() and all(r.finished.is_set() for r in self._readers):
+                    replay_done = True
+                    self.pipeline.finish()
+                    self._replay_finished()
+                    if self.exit_after_replay:
+                        break
+                failed = [r.error for r in self._readers if r.error]
+                if failed:
+                    log.error("capture failed: %s", "; ".join(failed))
+                    status = 1
+                    break
+        finally:
+            notify("STOPPING=1")
+            self._shutdown(replay_done)
+        return status
+
+    def _housekeeping(self, live: bool) -> None:
+        if live:
+            self.pipeline.tick(time.time())
+        self.pipeline.sync_stats()
+        if self.watch.changed and self._live:
+            self.watch.changed = False
+            hosts = self.watch.texts()
+            for iface in self._live:
+                try:
+                    iface.set_filter(prefilter(hosts, ethernet=iface.linktype == 1))
+                except CaptureSetupError as exc:
+                    log.error("%s", exc)
+
+    def _replay_finished(self) -> None:
+        log.info("replay finished: %d packets, %d events", self.stats.packets, self.stats.events)
+        if self.writer is not None:
+            self.writer.flush()
+
+    def _shutdown(self, finished: bool) -> None:
+        self._stop.set()
+        # Drain what the readers already queued, then report every open flow: nothing seen
+        # is lost on SIGTERM.
+        try:
+            while True:
+                batch = self._queue.get_nowait()
+                for ts, lt, data in batch:
+                    self.pipeline.feed(ts, lt, data)
+        except queue.Empty:
+            pass
+        if not finished:
+            self.pipeline.finish()
+        for closer in reversed(self._closers):
+            try:
+                closer()
+            except Exception as exc:  # noqa: BLE001 - closing the rest matters more
+                log.error("while stopping: %s", _one_line(exc))
+        for iface in self._live:
+            iface.close()
+        log.info("stopped: %d packets, %d events", self.stats.packets, self.stats.events)
+
+    def capture_stats(self) -> dict[str, tuple[int, int, int]]:
+        """Kernel counters per interface: (received, kernel drops, interface drops)."""
+        out = {}
+        for iface in self._live:
+            s = iface.stats()
+            out[iface.name] = (s.received, s.kernel_drops, s.interface_drops)
+        return out
+
+
+def notify(state: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if systemd set it."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(path)
+            sock.sendall(state.encode())
+    except OSError:
+        pass
+
+
+def _watchdog_interval() -> float:
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    return int(usec) / 2e6 if usec.isdigit() else 0.0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
