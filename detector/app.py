@@ -6,7 +6,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO
 
@@ -19,7 +19,7 @@ from detector.config import Config, state_path
 from detector.model import Stats, UsageEvent
 from detector.pipeline import Pipeline
 from detector.sinks.output import CsvSink, JsonlSink, SummarySink, render_coverage
-from detector.sinks.store import Store
+from detector.sinks.store import RunInfo, Store
 
 # Events handed to the database per transaction during `analyze`.
 STORE_BATCH = 20_000
@@ -133,24 +133,30 @@ def _open_store(cfg: Config) -> Store | None:
     return store
 
 
-def _run_record(cfg: Config, files: Sequence[Path], stats: Stats, seconds: float) -> dict:
-    blind = sum(stats.flows_blind.values())
+def coverage_figures(stats: Stats) -> dict:
+    """The visibility figures of a run, as stored and exported."""
     return {
-        "started": datetime.now(timezone.utc),
-        "mode": "analyze",
-        "sensor": cfg.sensor.name,
-        "version": __version__,
-        "files": [str(p) for p in files],
-        "packets": stats.packets,
-        "seconds": round(seconds, 3),
-        "anomalies": dict(stats.anomalies),
-        "coverage": {
-            "named": stats.flows_named,
-            "dns_only": stats.flows_dns_only,
-            "blind": blind,
-            "blind_reasons": dict(stats.flows_blind),
-        },
+        "named": stats.flows_named,
+        "dns_only": stats.flows_dns_only,
+        "blind": sum(stats.flows_blind.values()),
+        "blind_reasons": dict(stats.flows_blind),
     }
+
+
+def _run_record(cfg: Config, files: Sequence[Path], stats: Stats, seconds: float) -> RunInfo:
+    finished = datetime.now(timezone.utc)
+    return RunInfo(
+        command="analyze",
+        started=finished - timedelta(seconds=seconds),
+        finished=finished,
+        files=[str(p) for p in files],
+        packets=stats.packets,
+        events=stats.events,
+        anomalies=dict(stats.anomalies),
+        coverage=coverage_figures(stats),
+        sensor=cfg.sensor.name,
+        version=__version__,
+    )
 
 
 def _progress_bar(files: Sequence[Path]):  # type: ignore[no-untyped-def]

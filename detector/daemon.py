@@ -187,8 +187,8 @@ class Daemon:
             )
             self.writer = BatchWriter(
                 store, flush_interval=cfg.store.flush_interval, max_batch=cfg.store.max_batch,
-                max_backlog=cfg.store.max_backlog,
-            )  # fmt: skip
+                max_queue=cfg.store.max_backlog,
+            ).start()  # fmt: skip
             self._sinks.append(self.writer.put)
             self._closers.append(self.writer.close)
         self.metrics = build_metrics(self)

@@ -132,6 +132,10 @@ class QuicInitial:
     dcid: bytes
     scid: bytes
     crypto: tuple[tuple[int, bytes], ...]  # (offset, data) in packet order
+    # The DCID the Initial keys came from: the client's first (or post-Retry) DCID,
+    # which later Initials keep after the server picks a new one (RFC 9001 §5.2).
+    # Empty when unknown; flows passes it back as parse_quic_initials(key_dcid=...).
+    key_dcid: bytes = b""
 
 
 @dataclass(slots=True, frozen=True)

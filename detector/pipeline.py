@@ -42,10 +42,13 @@ from detector.model import (
 )
 
 DNS_PORT = 53
+# UDP ports carrying plain DNS: the standard one and 8053, where local forwarders
+# (dnscrypt-proxy, Pi-hole set-ups) listen. mDNS/LLMNR carry only local names.
+DNS_UDP_PORTS = frozenset({53, 8053})
 
-# Client Initials looked at before a QUIC flow is declared nameless: Chrome spreads a
+# Packets of a QUIC flow looked at before it is declared nameless: Chrome spreads a
 # large ClientHello over two or three Initials; anything beyond a handful is not a handshake.
-MAX_QUIC_INITIALS = 8
+MAX_QUIC_INITIALS = 16
 
 # Recent DNS queries remembered so that their answers do not make a second lookup event;
 # one answer follows its query within milliseconds, so a few thousand is plenty.
@@ -114,7 +117,7 @@ class Pipeline:
             self.stats.anomaly(res.kind)
 
     def _packet(self, pkt: L4Packet) -> None:
-        if pkt.proto == UDP and (pkt.dport == DNS_PORT or pkt.sport == DNS_PORT):
+        if pkt.proto == UDP and (pkt.dport in DNS_UDP_PORTS or pkt.sport in DNS_UDP_PORTS):
             self._dns_datagram(pkt)
             return
         flow, up = self.table.observe(pkt)
@@ -157,7 +160,7 @@ class Pipeline:
 
     def _dns_response(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
         self.dnscache.learn(ts, client, msg)
-        if self.watch_ai is not None and msg.answers and self.classifier.match(msg.questions[0][0]):  # type: ignore[attr-defined]
+        if self.watch_ai is not None and msg.answers and self.classifier.catalogue.matcher.match(msg.questions[0][0]):  # type: ignore[attr-defined]
             for addr in answer_addresses(msg):
                 self.watch_ai(addr)
         if msg.questions and self._queries.pop((client, msg.txid, msg.questions[0][0]), 0) is None:
@@ -166,7 +169,7 @@ class Pipeline:
 
     def _dns_events(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
         events = self.classifier.classify_dns(  # type: ignore[attr-defined]
-            ts, client, server, port, msg, size, transport, self.include_unmatched
+            ts, client, server, port, msg, size, self.include_unmatched, transport=transport, include_candidates=True
         )
         for ev in events:
             self.stats.events += 1
@@ -247,7 +250,7 @@ class Pipeline:
             flow.name = flow.cache_name or hello.sni
             flow.evidence = Evidence.DNS_CACHE if flow.cache_name else evidence
         flow.stop_inspecting()
-        if self.watch_ai is not None and flow.name and self.classifier.match(flow.name):  # type: ignore[attr-defined]
+        if self.watch_ai is not None and flow.name and self.classifier.catalogue.matcher.match(flow.name):  # type: ignore[attr-defined]
             self.watch_ai(flow.server)
 
     def _named_by_http(self, flow: Flow, req: HttpRequest) -> None:
@@ -265,7 +268,7 @@ class Pipeline:
             if flow.app != "quic":
                 flow.stop_inspecting()  # not a QUIC long header: nothing to learn here
             return
-        res = quic_dec.parse_quic_initials(payload)
+        res = quic_dec.parse_quic_initials(payload, key_dcid=flow.quic_key)
         if type(res) is tuple:
             flow.app = "quic"
             flow.transport = "quic"
@@ -274,7 +277,10 @@ class Pipeline:
                 crypto = flow.crypto = {}
             hello = None
             for initial in res:
-                chunks = crypto.setdefault(initial.dcid, [])
+                key = initial.key_dcid or initial.dcid
+                if flow.quic_key is None:
+                    flow.quic_key = key
+                chunks = crypto.setdefault(key, [])
                 chunks.extend(initial.crypto)
                 hs = quic_dec.assemble_crypto(chunks)
                 if hs:
@@ -299,7 +305,7 @@ class Pipeline:
     def _flow_ended(self, rec: FlowRecord) -> None:
         stats = self.stats
         stats.flows_total += 1
-        ev = self.classifier.classify_flow(rec, self.include_unmatched)  # type: ignore[attr-defined]
+        ev = self.classifier.classify_flow(rec, self.include_unmatched, include_candidates=True)  # type: ignore[attr-defined]
         self._coverage(rec, ev)
         if ev is not None:
             stats.events += 1

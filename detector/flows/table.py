@@ -32,7 +32,7 @@ class Flow:
         "client", "server", "cport", "sport", "proto", "fwd",
         "first_ts", "last_ts", "up_bytes", "down_bytes", "packets",
         "name", "evidence", "transport", "app", "alpn", "ja4", "ech", "versions", "user_agent",
-        "inspecting", "head", "head_down", "crypto", "saw_start", "closing", "cache_name",
+        "inspecting", "head", "head_down", "crypto", "quic_key", "saw_start", "closing", "cache_name",
     )  # fmt: skip
 
     def __init__(self, client: bytes, server: bytes, cport: int, sport: int, proto: int, ts: float) -> None:
@@ -59,7 +59,8 @@ class Flow:
         self.inspecting = True  # the client's first bytes are still being looked at
         self.head: StreamHead | None = None  # client → server head (TCP)
         self.head_down: StreamHead | None = None  # server → client head (DNS over TCP)
-        self.crypto: dict[bytes, list[tuple[int, bytes]]] | None = None  # QUIC CRYPTO by DCID
+        self.crypto: dict[bytes, list[tuple[int, bytes]]] | None = None  # QUIC CRYPTO by key DCID
+        self.quic_key: bytes | None = None  # the client's first DCID: its Initial keys (RFC 9001 §5.2)
         self.saw_start = False
         self.closing = 0  # FIN/RST bits seen: 1 client FIN, 2 server FIN, 4 RST
         self.cache_name: str | None = None  # name from the DNS cache when the flow began

@@ -64,9 +64,10 @@ class SummarySink:
 
     def handle(self, ev: UsageEvent) -> None:
         """Add one event to its service's row."""
+        if ev.kind != "flow" and ev.kind != "dns":
+            self.other[ev.kind] = self.other.get(ev.kind, 0) + 1
+            return
         if not ev.service:
-            if ev.kind != "flow" and ev.kind != "dns":
-                self.other[ev.kind] = self.other.get(ev.kind, 0) + 1
             return
         row = self.rows.get(ev.service)
         if row is None:
@@ -90,8 +91,9 @@ class SummarySink:
                 (name, r.vendor, r.jurisdiction, r.policy, str(r.flows), str(r.lookups), str(len(r.clients)),
                  str(len(r.departments)), human_bytes(r.bytes_up), human_bytes(r.bytes_down))
             )  # fmt: skip
+        extra = "".join(f"{n:,} {kind} event(s)\n" for kind, n in sorted(self.other.items()))
         if len(lines) == 1:
-            return "No AI-service use found.\n"
+            return "No AI-service use found.\n" + extra
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         numeric = set(range(4, len(header)))
         out = []
@@ -99,7 +101,7 @@ class SummarySink:
             cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
             out.append("  ".join(cells).rstrip())
         out.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(out) + "\n"
+        return "\n".join(out) + "\n" + extra
 
     def close(self) -> None:
         """Nothing to flush: the caller renders."""
