@@ -209,7 +209,7 @@ class FlowRecord:
     transport: str = "tcp"  # tcp | udp | quic
     alpn: tuple[str, ...] = ()
     ja4: str | None = None
-    ech: bool = False
+    ech: bool = False  # ECH hid the real name (outer SNI was a provider's public name)
     tls_versions: tuple[int, ...] = ()
     user_agent: str | None = None
     saw_start: bool = True  # the handshake start was seen (False = mid-flow start)

@@ -54,6 +54,10 @@ MAX_QUIC_INITIALS = 16
 # one answer follows its query within milliseconds, so a few thousand is plenty.
 MAX_PENDING_QUERIES = 8192
 
+# Public names that ECH providers put in the outer SNI while the real one is encrypted
+# (draft-ietf-tls-esni §6.1 `public_name`); a flow showing one of them is hidden.
+ECH_PUBLIC_NAMES = frozenset({"cloudflare-ech.com", "encryptedsni.com", "public.ech.defo.ie"})
+
 # Coverage: which nameless flows count as TLS/QUIC for the visibility figures.
 _TLS_PORTS = frozenset({443, 853, 8443})
 
@@ -141,10 +145,8 @@ class Pipeline:
                 self._dns_response(pkt.ts, pkt.dst, pkt.src, pkt.sport, msg, pkt.ip_len, "udp")
             else:
                 self._dns_query(pkt.ts, pkt.src, pkt.dst, pkt.dport, msg, pkt.ip_len, "udp")
-        elif isinstance(msg, Anomaly):
+        elif msg is not None:
             self.stats.anomaly(msg.kind)
-        elif isinstance(msg, NeedMore):
-            self.stats.anomaly("dns.truncated")
 
     def _dns_query(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
         if not msg.questions:
@@ -240,15 +242,19 @@ class Pipeline:
     def _named_by_hello(self, flow: Flow, hello: ClientHello, evidence: Evidence) -> None:
         flow.alpn = hello.alpn
         flow.ja4 = hello.ja4
-        flow.ech = hello.ech
         flow.versions = hello.versions
-        if hello.sni and not hello.ech:
-            flow.name = hello.sni
+        sni = hello.sni
+        if sni and hello.ech and (sni in ECH_PUBLIC_NAMES or (flow.cache_name and flow.cache_name != sni)):
+            # Real ECH: the SNI is the provider's public name, not the site. (Chrome sends
+            # a GREASE ECH extension with the true SNI in every hello, so the extension
+            # alone proves nothing.) The client's own lookup may still say where it went;
+            # without one, the outer name is reported as seen and the flow counts as blind.
+            flow.ech = True
+            if flow.cache_name:
+                sni = None
+        if sni:
+            flow.name = sni
             flow.evidence = evidence
-        elif hello.sni and hello.ech:
-            # The outer SNI of an ECH hello is the provider's public name, not the site.
-            flow.name = flow.cache_name or hello.sni
-            flow.evidence = Evidence.DNS_CACHE if flow.cache_name else evidence
         flow.stop_inspecting()
         if self.watch_ai is not None and flow.name and self.classifier.catalogue.matcher.match(flow.name):  # type: ignore[attr-defined]
             self.watch_ai(flow.server)
