@@ -342,6 +342,24 @@ class Pipeline:
             reason = "no-handshake"
         stats.flows_blind[reason] = stats.flows_blind.get(reason, 0) + 1
 
+    # -- records from other sensors' logs (Zeek, Suricata): decode is already done ---
+
+    def feed_dns(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, transport: str = "udp") -> None:
+        """One DNS query or answer seen by another sensor (client = the side that asked)."""
+        if msg.is_response:
+            self._dns_response(ts, client, server, port, msg, 0, transport)
+        else:
+            self._dns_query(ts, client, server, port, msg, 0, transport)
+
+    def feed_flow(self, rec: FlowRecord) -> None:
+        """One finished flow seen by another sensor; a nameless one gets the client's own
+        earlier DNS answer, as a flow of our own would."""
+        if rec.server_name is None:
+            name = self.dnscache.lookup(rec.first_ts, rec.client, rec.server)
+            if name is not None:
+                rec.server_name, rec.evidence = name, Evidence.DNS_CACHE
+        self._flow_ended(rec)
+
     def tick(self, now: float) -> None:
         """Advance flow time without a packet (quiet live link) and report idle flows."""
         self.table.advance(now)
