@@ -17,7 +17,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from detector.app import build_classifier
@@ -26,6 +25,7 @@ from detector.capture.pcapfile import iter_frames
 from detector.config import Config, state_path
 from detector.model import Stats, UsageEvent
 from detector.pipeline import Pipeline
+from detector.sinks.metrics import RulesState
 
 log = logging.getLogger("shadowai")
 
@@ -38,16 +38,6 @@ HOUSEKEEPING_SECONDS = 1.0
 # AI server addresses kept in the kernel filter's exemption list. A BPF program has at
 # most 4096 instructions; each address costs about six, for both the plain and VLAN branch.
 MAX_FILTER_HOSTS = 256
-
-
-@dataclass(slots=True)
-class RulesState:
-    """What the metrics say about the rules in force."""
-
-    version: str = ""
-    services: int = 0
-    last_reload_success: bool = True
-    last_reload_timestamp: float = field(default_factory=time.time)
 
 
 class _Reader(threading.Thread):
@@ -169,7 +159,7 @@ class Daemon:
     # -- set-up ----------------------------------------------------------------
 
     def _setup(self) -> None:
-        from detector.sinks.metrics import build_metrics
+        from detector.sinks.metrics import UsageMetrics, new_registry, serve
         from detector.sinks.store import BatchWriter, Store
 
         cfg = self.cfg
@@ -191,11 +181,29 @@ class Daemon:
             ).start()  # fmt: skip
             self._sinks.append(self.writer.put)
             self._closers.append(self.writer.close)
-        self.metrics = build_metrics(self)
-        self._sinks.insert(0, self.metrics.usage.handle)
-        if self.metrics.server is not None:
-            self._closers.append(self.metrics.close)
+        live = bool(self.interfaces)
+        self.metrics = UsageMetrics(
+            self.stats,
+            capture=self.capture_stats if live else None,
+            tables=lambda: (len(self.pipeline.table), len(self.pipeline.dnscache)),
+            store=self.writer,
+            rules=self.rules,
+            active_window=cfg.metrics.active_window,
+            clock=time.time if live else None,
+        )
+        self._sinks.insert(0, self.metrics.handle)
+        self.server = None
+        if cfg.metrics.listen:
+            try:
+                self.server = serve(cfg.metrics.listen, new_registry(self.metrics))
+            except (OSError, ValueError) as exc:
+                raise CaptureSetupError(f"metrics endpoint {cfg.metrics.listen}: {getattr(exc, 'strerror', None) or exc}") from None
+            self._closers.append(self._stop_server)
         self._open_sources()
+
+    def _stop_server(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
     def _open_sources(self) -> None:
         cfg = self.cfg.capture
@@ -214,8 +222,10 @@ class Daemon:
             self._readers.append(_Reader(self.replay.name, source.read, self._queue, self._stop))
 
     def _rules_loaded(self, ok: bool) -> None:
+        # The metrics hold this same object: update it in place.
         cat = self.classifier.catalogue
-        self.rules = RulesState(str(cat.version), len(cat.services), ok, time.time())
+        self.rules.version, self.rules.services = str(cat.version), len(cat.services)
+        self.rules.last_reload_success, self.rules.last_reload_timestamp = ok, time.time()
 
     # -- events ----------------------------------------------------------------
 
