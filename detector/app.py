@@ -36,7 +36,7 @@ class UserError(Exception):
 def build_classifier(cfg: Config) -> Classifier:
     """Load catalogue, policy and pseudonym key as the config says."""
     catalogue = load_catalogue(Path(cfg.rules.dir))
-    policy = load_policy(cfg.policy_path())
+    policy = load_policy(cfg.policy_path(), catalogue)
     key = load_or_create_key(state_path(cfg.privacy.key_file))
     return Classifier(catalogue, policy, Pseudonymiser(key), raw_clients=cfg.privacy.raw_clients, sensor=cfg.sensor.name)
 

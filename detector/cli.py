@@ -108,11 +108,13 @@ def analyze(files: tuple[Path, ...], fmt: str, include_all: bool, db: str | None
 @click.option("--metrics-listen", default=None, help="HOST:PORT for /metrics (default 127.0.0.1:9810; '' = off).")
 @click.option("--bpf", default=None, help="Kernel prefilter: 'auto' (the sensor's own), '' (none) or a tcpdump expression.")
 @click.option("--sensor", default=None, help="Sensor name recorded with events and exports.")
+@click.option("--key-file", default=None, help="Pseudonym key file (created with mode 0600 if absent).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None, help="Log format on stderr.")
 @_with(_rules_options)
 @_config_option
 def run(interfaces: tuple[str, ...], replay: Path | None, speed: str, exit_after_replay: bool, db: str | None,
-        no_db: bool, metrics_listen: str | None, bpf: str | None, sensor: str | None, log_format: str | None,
+        no_db: bool, metrics_listen: str | None, bpf: str | None, sensor: str | None, key_file: str | None,
+        log_format: str | None,
         rules_dir: str | None, policy: str | None, config_path: str | None) -> None:  # fmt: skip
     """Run the sensor: capture on mirror-port interfaces (or replay a capture), keep the
     database current, serve Prometheus metrics. SIGHUP reloads catalogue and policy;
@@ -126,6 +128,7 @@ def run(interfaces: tuple[str, ...], replay: Path | None, speed: str, exit_after
         "metrics.listen": metrics_listen,
         "capture.bpf": bpf,
         "sensor.name": sensor,
+        "privacy.key_file": key_file,
         "logging.format": log_format,
         "rules.dir": rules_dir,
         "rules.policy": policy,
@@ -212,10 +215,9 @@ def rules_check(rules_dir: str | None, policy: str | None, config_path: str | No
 def rules_match(hostname: str, rules_dir: str | None, policy: str | None, config_path: str | None) -> None:
     """Say which service and pattern HOSTNAME hits, and why. Exit 1 when none does."""
     from detector.classify.catalogue import load_catalogue
-    from detector.classify.matcher import Matcher
 
     cfg = _load_config(config_path, {"rules.dir": rules_dir, "rules.policy": policy})
-    matcher = Matcher(load_catalogue(Path(cfg.rules.dir)))
+    matcher = load_catalogue(Path(cfg.rules.dir)).matcher
     click.echo(matcher.explain(hostname))
     if matcher.match(hostname) is None:
         sys.exit(EXIT_READ_FAILED)

@@ -296,6 +296,10 @@ class Daemon:
                 if batch:
                     for ts, lt, data in batch:
                         feed(ts, lt, data)
+                    if self.watch.changed:
+                        # At once, not at the next housekeeping: the server's answer to a
+                        # ClientHello arrives one round trip after it.
+                        self._update_filters()
                 now = time.monotonic()
                 if now >= next_house:
                     next_house = now + HOUSEKEEPING_SECONDS
@@ -324,14 +328,16 @@ class Daemon:
         if live:
             self.pipeline.tick(time.time())
         self.pipeline.sync_stats()
-        if self.watch.changed and self._live:
-            self.watch.changed = False
-            hosts = self.watch.texts()
-            for iface in self._live:
-                try:
-                    iface.set_filter(prefilter(hosts, ethernet=iface.linktype == 1))
-                except CaptureSetupError as exc:
-                    log.error("%s", exc)
+
+    def _update_filters(self) -> None:
+        """Put the AI endpoints learned so far into every interface's kernel filter."""
+        self.watch.changed = False
+        hosts = self.watch.texts()
+        for iface in self._live:
+            try:
+                iface.set_filter(prefilter(hosts, ethernet=iface.linktype == 1))
+            except CaptureSetupError as exc:
+                log.error("%s", exc)
 
     def _replay_finished(self) -> None:
         log.info("replay finished: %d packets, %d events", self.stats.packets, self.stats.events)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 from detector.config import Config
 from detector.decode import dns as dns_dec
+from detector.decode import gquic as gquic_dec
 from detector.decode import http as http_dec
 from detector.decode import quic as quic_dec
 from detector.decode import tls as tls_dec
@@ -114,7 +115,8 @@ class Pipeline:
         payload = self.fragments.add(frag)
         if payload is None:
             return
-        res = decode_l4(frag.ts, frag.src, frag.dst, frag.proto, payload, len(payload) + 20)
+        # ip_len as an unfragmented datagram would have had it: minimal header plus payload.
+        res = decode_l4(frag.ts, frag.src, frag.dst, frag.proto, payload, len(payload) + (40 if len(frag.src) == 16 else 20))
         if type(res) is L4Packet:
             self._packet(res)
         elif isinstance(res, Anomaly):
@@ -127,6 +129,8 @@ class Pipeline:
         flow, up = self.table.observe(pkt)
         if flow.packets == 1:
             flow.cache_name = self.dnscache.lookup(pkt.ts, flow.client, flow.server)
+            if self.watch_ai is not None and self._reportable(flow.cache_name, flow.server, flow.sport):
+                self.watch_ai(flow.server)
         if flow.inspecting:
             if pkt.proto == TCP:
                 self._inspect_tcp(flow, up, pkt)
@@ -135,6 +139,17 @@ class Pipeline:
         if self.table.ended:
             for rec in self.table.take():
                 self._flow_ended(rec)
+
+    def _reportable(self, name: str | None, server: bytes, port: int) -> bool:
+        """Would a flow to this name or address make a stored event (AI service, vendor
+        range, encrypted-DNS resolver, AI-looking candidate)? Used only to keep a live
+        kernel filter admitting that server's packets, so its bytes are counted."""
+        cat = self.classifier.catalogue  # type: ignore[attr-defined]
+        if name and (cat.matcher.match(name) or self.classifier.is_candidate(name)):  # type: ignore[attr-defined]
+            return True
+        if port in cat.resolver_ports and ((name and cat.resolver_matcher.match(name)) or (server and cat.resolver_matcher.match_ip(server))):
+            return True
+        return bool(server) and cat.matcher.match_ip(server) is not None
 
     # -- DNS -------------------------------------------------------------------
 
@@ -162,7 +177,7 @@ class Pipeline:
 
     def _dns_response(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
         self.dnscache.learn(ts, client, msg)
-        if self.watch_ai is not None and msg.answers and self.classifier.catalogue.matcher.match(msg.questions[0][0]):  # type: ignore[attr-defined]
+        if self.watch_ai is not None and msg.answers and self._reportable(msg.questions[0][0], b"", 443):
             for addr in answer_addresses(msg):
                 self.watch_ai(addr)
         if msg.questions and self._queries.pop((client, msg.txid, msg.questions[0][0]), 0) is None:
@@ -256,7 +271,7 @@ class Pipeline:
             flow.name = sni
             flow.evidence = evidence
         flow.stop_inspecting()
-        if self.watch_ai is not None and flow.name and self.classifier.catalogue.matcher.match(flow.name):  # type: ignore[attr-defined]
+        if self.watch_ai is not None and flow.name and self._reportable(flow.name, b"", flow.sport):
             self.watch_ai(flow.server)
 
     def _named_by_http(self, flow: Flow, req: HttpRequest) -> None:
@@ -271,8 +286,10 @@ class Pipeline:
     def _inspect_udp(self, flow: Flow, pkt: L4Packet) -> None:
         payload = pkt.payload
         if not payload[0] & 0x80:
-            if flow.app != "quic":
-                flow.stop_inspecting()  # not a QUIC long header: nothing to learn here
+            # Not an IETF QUIC long header; Google QUIC before Q046 uses a short public
+            # header for its client hello.
+            if flow.app != "quic" and not self._gquic(flow, payload):
+                flow.stop_inspecting()
             return
         res = quic_dec.parse_quic_initials(payload, key_dcid=flow.quic_key)
         if type(res) is tuple:
@@ -303,8 +320,24 @@ class Pipeline:
             self.stats.anomaly(res.kind)
             if flow.app != "quic" or flow.packets > MAX_QUIC_INITIALS:
                 flow.stop_inspecting()
-        elif flow.app != "quic":
+        elif flow.app != "quic" and not self._gquic(flow, payload):
             flow.stop_inspecting()
+
+    def _gquic(self, flow: Flow, payload: bytes) -> bool:
+        """Look for a Google QUIC client hello; True while the flow is worth watching."""
+        res = gquic_dec.parse_gquic_chlo(payload)
+        if res is None:
+            return False
+        flow.transport = "quic"
+        flow.app = "gquic"
+        if type(res) is ClientHello:
+            self._named_by_hello(flow, res, Evidence.QUIC_SNI)
+            flow.ja4 = None  # JA4 is not defined for Google QUIC
+            return True
+        if isinstance(res, Anomaly):
+            self.stats.anomaly(res.kind)
+            return False
+        return flow.packets <= MAX_QUIC_INITIALS  # NeedMore: the hello continues
 
     # -- flow end --------------------------------------------------------------
 
@@ -319,7 +352,7 @@ class Pipeline:
 
     def _coverage(self, rec: FlowRecord, ev: UsageEvent | None) -> None:
         """Count a TLS/QUIC flow as named, attributed by DNS only, or blind (with a reason)."""
-        if not (rec.app in ("tls", "quic") or rec.server_port in _TLS_PORTS):
+        if not (rec.app in ("tls", "quic", "gquic") or rec.server_port in _TLS_PORTS):
             return
         stats = self.stats
         if ev is not None and ev.kind == EventKind.ENCRYPTED_DNS.value:
@@ -336,7 +369,7 @@ class Pipeline:
             reason = "mid-flow"
         elif rec.ja4:
             reason = "no-sni"
-        elif rec.app == "quic":
+        elif rec.app in ("quic", "gquic"):
             reason = "quic-undecrypted"
         else:
             reason = "no-handshake"

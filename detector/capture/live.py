@@ -18,8 +18,9 @@ import pcapy
 # Packets per `next_batch` call: large enough to amortise the call, small enough that a
 # quiet link still delivers promptly (the read timeout below bounds the wait).
 BATCH = 512
-# libpcap read timeout: how long a quiet interface may hold back a partial batch.
-READ_TIMEOUT_MS = 100
+# libpcap read timeout: how long a quiet interface may hold back a partial batch. Short,
+# because the filter learns AI endpoints from ClientHellos and must do so within a round trip.
+READ_TIMEOUT_MS = 10
 
 # Ports whose server→client data segments are bulk downloads. The sensor needs nothing from
 # them unless the server is an AI service (its bytes are counted): every name, handshake and

@@ -7,13 +7,13 @@ have a single complete list.
 
 from __future__ import annotations
 
-from detector.decode import dns, http, net, quic, tls
+from detector.decode import dns, gquic, http, link, net, quic, tls, tunnels
 
 
 
 def all_anomalies() -> dict[str, str]:
     """Every anomaly name the sensor can count, with its one-line reason."""
     out: dict[str, str] = {}
-    for module in (net, dns, tls, http, quic):
+    for module in (link, tunnels, net, dns, tls, http, quic, gquic):
         out.update(getattr(module, "ANOMALIES", {}))
     return dict(sorted(out.items()))

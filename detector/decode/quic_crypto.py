@@ -70,6 +70,13 @@ _VERSIONS: dict[int, tuple[bytes, tuple[bytes, bytes, bytes]]] = {
 
 SUPPORTED_VERSIONS: frozenset[int] = frozenset(_VERSIONS)
 
+# Google QUIC Q050 protects its Initials like T050, but they carry a QUIC-crypto CHLO in
+# gQUIC frames, which decode.gquic reads; so Q050 stays out of _VERSIONS and
+# SUPPORTED_VERSIONS (initial_keys gives None) and has its own entry point, q050_initial_keys.
+VERSION_Q050 = 0x51303530  # "Q050"
+_SALT_Q050 = bytes.fromhex("504574efd066fe2f9d945cfcdbd3a7f0d3b56b45")  # Chromium quic_crypto_utils.cc
+_CHLO_VERSIONS = {VERSION_Q050: (_SALT_Q050, _LABELS_V1)}
+
 # Long-header packet type -> the Initial type bits for each version family (RFC 9369 §3.2).
 INITIAL_TYPE_V1 = 0
 INITIAL_TYPE_V2 = 1
@@ -117,10 +124,15 @@ def initial_keys(version: int, dcid: bytes, is_client: bool = True) -> InitialKe
     return _derive(version, bytes(dcid), bool(is_client))
 
 
+def q050_initial_keys(dcid: bytes) -> InitialKeys:
+    """The client Initial keys of Google QUIC Q050 from the client's Destination Connection ID."""
+    return _derive(VERSION_Q050, bytes(dcid), True)
+
+
 # Derivation is five HMAC-SHA256 calls (~50 µs); a connection's later Initials reuse it.
 @lru_cache(maxsize=KEY_CACHE_SIZE)
 def _derive(version: int, dcid: bytes, is_client: bool) -> InitialKeys:
-    salt, (key_label, iv_label, hp_label) = _VERSIONS[version]
+    salt, (key_label, iv_label, hp_label) = _VERSIONS.get(version) or _CHLO_VERSIONS[version]
     prk = hmac.digest(salt, dcid, "sha256")  # HKDF-Extract
     secret = _expand_label(prk, b"client in" if is_client else b"server in", 32)
     return InitialKeys(
