@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import IO
 
 from detector import __version__
+from detector.capture import suricata, zeeklog
+from detector.capture.logjoin import detect_format
+from detector.capture.logjoin import feed as feed_logs
 from detector.capture.pcapfile import CaptureError, expand_paths, file_size, iter_frames
 from detector.classify.catalogue import load_catalogue, load_policy
 from detector.classify.classifier import Classifier
@@ -62,8 +65,10 @@ def analyze(
     warn: Callable[[str], None],
     progress: bool,
 ) -> AnalyzeResult:
-    """Run captures through the pipeline into the chosen output and the database."""
-    files = expand_paths(list(paths))
+    """Run captures (or Zeek/Suricata log sets) through the pipeline into the chosen output
+    and the database."""
+    logs = {p: fmt for p in paths if (fmt := detect_format(Path(p))) is not None}
+    files = expand_paths([p for p in paths if p not in logs]) if len(logs) < len(paths) else []
     classifier = build_classifier(cfg)
     store = _open_store(cfg)
     pending: list[UsageEvent] = []
@@ -100,11 +105,21 @@ def analyze(
             except CaptureError as exc:
                 warn(f"error: {exc}")
                 failed += 1
+        for path, fmt in logs.items():
+            # Another sensor's logs: decode is done, records go straight to flows/classify.
+            reader = zeeklog.iter_records if fmt == "zeek" else suricata.iter_records
+            before = stats.files_failed
+            feed_logs(reader([Path(path)], stats), pipeline)
+            if stats.files_failed > before:
+                failed += 1
+            else:
+                ok += 1
         pipeline.finish()
     finally:
         if bar is not None:
             bar.close()
     stats.files_read, stats.files_failed = ok, failed
+    files = [*files, *map(Path, logs)]
     seconds = time.monotonic() - started
     if store is not None:
         try:

@@ -74,7 +74,9 @@ def cli() -> None:
 def analyze(files: tuple[Path, ...], fmt: str, include_all: bool, db: str | None, no_db: bool, raw_clients: bool,
             key_file: str | None, sensor: str | None, progress: bool, rules_dir: str | None, policy: str | None,
             config_path: str | None) -> None:  # fmt: skip
-    """Analyse capture files (pcap, pcapng, gzip-compressed, or directories of them).
+    """Analyse capture files (pcap, pcapng, gzip-compressed, or directories of them), or the
+    logs of an existing Zeek (conn/ssl/dns/quic/http, TSV or JSON) or Suricata (EVE JSON)
+    deployment, recognised by their content.
 
     Exit status: 0 when every file was read (a truncated end counts as read), 1 when any
     file could not be read at all, 2 for bad configuration or rules."""

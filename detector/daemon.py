@@ -35,9 +35,14 @@ QUEUE_BATCHES = 256
 # How often the main loop does its housekeeping (flow expiry on wall time, watchdog,
 # filter update, retention) when packets keep it busy.
 HOUSEKEEPING_SECONDS = 1.0
-# AI server addresses kept in the kernel filter's exemption list. A BPF program has at
-# most 4096 instructions; each address costs about six, for both the plain and VLAN branch.
+# How far the wall-clock flow time lags behind now on a quiet link: longer than a batch can
+# wait in the queue, so a queued packet is never older than the flow clock.
+QUIET_MARGIN_SECONDS = 2.0
+# Servers in the kernel filter's bulk-drop list. A BPF program has at most 4096
+# instructions; each address costs about six, for both the plain and the VLAN branch.
 MAX_FILTER_HOSTS = 256
+# Least time between two filter updates that only add servers (each one recompiles).
+FILTER_UPDATE_SECONDS = 1.0
 
 
 class _Reader(threading.Thread):
@@ -100,17 +105,34 @@ class _Replay:
                 return batch
 
 
-class AiHostWatch:
-    """Addresses of AI endpoints the kernel filter must keep admitting (LRU-bounded)."""
+class BulkServers:
+    """Servers whose downloads the kernel filter may drop: named, and found not to matter.
+
+    A server enters when a flow to it is named and is no AI service, resolver or candidate;
+    it leaves at once when anything reportable is seen at its address (a shared CDN address
+    can serve both). Bounded LRU, so the filter holds the most recently busy servers.
+    """
 
     def __init__(self, limit: int = MAX_FILTER_HOSTS) -> None:
         self._hosts: OrderedDict[bytes, None] = OrderedDict()
+        self._keep: set[bytes] = set()  # seen reportable: never excluded again
         self.limit = limit
         self.changed = False
+        self.urgent = False  # a removal: the filter must change before more packets pass
 
-    def add(self, addr: bytes) -> None:
-        """Remember an AI endpoint address."""
+    def observe(self, addr: bytes, reportable: bool) -> None:
+        """Learn about a server address (called when a flow is named or a DNS answer arrives)."""
         hosts = self._hosts
+        if reportable:
+            if addr not in self._keep:
+                self._keep.add(addr)
+                if len(self._keep) > 4 * self.limit:
+                    self._keep.pop()
+            if hosts.pop(addr, 0) is None:
+                self.changed = self.urgent = True
+            return
+        if addr in self._keep:
+            return
         if addr in hosts:
             hosts.move_to_end(addr)
             return
@@ -150,7 +172,8 @@ class Daemon:
         self._reload = False
         self._queue: queue.Queue = queue.Queue(QUEUE_BATCHES)
         self.rules = RulesState()
-        self.watch = AiHostWatch()
+        self.watch = BulkServers()
+        self._filters_at = 0.0
         self._live: list[LiveInterface] = []
         self._readers: list[_Reader] = []
         self._sinks: list[Callable[[UsageEvent], None]] = []
@@ -166,7 +189,7 @@ class Daemon:
         self.classifier = build_classifier(cfg)
         self._rules_loaded(True)
         self.pipeline = Pipeline(cfg, self.classifier, self._emit, self.stats)
-        self.pipeline.watch_ai = self.watch.add if cfg.capture.bpf == "auto" and self.interfaces else None
+        self.pipeline.watch_servers = self.watch.observe if cfg.capture.bpf == "auto" and self.interfaces else None
         self.writer = None
         if cfg.store.path:
             store = Store(
@@ -211,7 +234,7 @@ class Daemon:
             bpf = cfg.bpf
             iface = LiveInterface(name, snaplen=cfg.snaplen, promiscuous=cfg.promiscuous, buffer_mib=cfg.buffer_mib, bpf="")
             if bpf == "auto":
-                bpf = prefilter(ethernet=iface.linktype == 1)
+                bpf = prefilter(ethernet=iface.linktype == 1)  # admits all until servers are known
             if bpf:
                 iface.set_filter(bpf)
             self._live.append(iface)
@@ -296,9 +319,9 @@ class Daemon:
                 if batch:
                     for ts, lt, data in batch:
                         feed(ts, lt, data)
-                    if self.watch.changed:
-                        # At once, not at the next housekeeping: the server's answer to a
-                        # ClientHello arrives one round trip after it.
+                    if self.watch.urgent or (self.watch.changed and time.monotonic() - self._filters_at > FILTER_UPDATE_SECONDS):
+                        # A server that turned out to matter leaves the filter at once; new
+                        # exclusions are batched (each update recompiles the filter).
                         self._update_filters()
                 now = time.monotonic()
                 if now >= next_house:
@@ -326,12 +349,15 @@ class Daemon:
 
     def _housekeeping(self, live: bool) -> None:
         if live:
-            self.pipeline.tick(time.time())
+            # Flow time follows the packets; the wall clock only stands in on a quiet link,
+            # held back so that packets still queued are not later than the clock.
+            self.pipeline.tick(time.time() - QUIET_MARGIN_SECONDS)
         self.pipeline.sync_stats()
 
     def _update_filters(self) -> None:
         """Put the AI endpoints learned so far into every interface's kernel filter."""
-        self.watch.changed = False
+        self.watch.changed = self.watch.urgent = False
+        self._filters_at = time.monotonic()
         hosts = self.watch.texts()
         for iface in self._live:
             try:

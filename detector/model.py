@@ -40,6 +40,14 @@ class NeedMore:
 TCP = 6
 UDP = 17
 
+# UDP ports carrying plain DNS: the standard one and 8053, where local forwarders
+# (dnscrypt-proxy, Pi-hole set-ups) listen. mDNS/LLMNR carry only local names.
+DNS_UDP_PORTS = frozenset({53, 8053})
+
+# Public names that ECH providers put in the outer SNI while the real one is encrypted
+# (draft-ietf-tls-esni §6.1 `public_name`); a flow showing one of them is hidden.
+ECH_PUBLIC_NAMES = frozenset({"cloudflare-ech.com", "encryptedsni.com", "public.ech.defo.ie"})
+
 # TCP flag bits as in the header.
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 

@@ -24,6 +24,8 @@ from detector.flows.fragments import FragmentTable
 from detector.flows.reassembly import StreamHead
 from detector.flows.table import Flow, FlowTable
 from detector.model import (
+    DNS_UDP_PORTS,
+    ECH_PUBLIC_NAMES,
     SYN,
     TCP,
     UDP,
@@ -43,9 +45,6 @@ from detector.model import (
 )
 
 DNS_PORT = 53
-# UDP ports carrying plain DNS: the standard one and 8053, where local forwarders
-# (dnscrypt-proxy, Pi-hole set-ups) listen. mDNS/LLMNR carry only local names.
-DNS_UDP_PORTS = frozenset({53, 8053})
 
 # Packets of a QUIC flow looked at before it is declared nameless: Chrome spreads a
 # large ClientHello over two or three Initials; anything beyond a handful is not a handshake.
@@ -54,10 +53,6 @@ MAX_QUIC_INITIALS = 16
 # Recent DNS queries remembered so that their answers do not make a second lookup event;
 # one answer follows its query within milliseconds, so a few thousand is plenty.
 MAX_PENDING_QUERIES = 8192
-
-# Public names that ECH providers put in the outer SNI while the real one is encrypted
-# (draft-ietf-tls-esni §6.1 `public_name`); a flow showing one of them is hidden.
-ECH_PUBLIC_NAMES = frozenset({"cloudflare-ech.com", "encryptedsni.com", "public.ech.defo.ie"})
 
 # Coverage: which nameless flows count as TLS/QUIC for the visibility figures.
 _TLS_PORTS = frozenset({443, 853, 8443})
@@ -84,9 +79,10 @@ class Pipeline:
         self.fragments = FragmentTable()
         self.inspect_bytes = fc.inspect_bytes
         self._queries: OrderedDict[tuple[bytes, int, str], None] = OrderedDict()
-        # Told the address of every AI endpoint as soon as it is known (a live kernel filter
-        # keeps admitting its packets); None when nobody needs it.
-        self.watch_ai: Callable[[bytes], None] | None = None
+        # Told (address, reportable) whenever a server is named or answered in DNS, so a
+        # live kernel filter can drop the downloads of servers that do not matter;
+        # None when nobody needs it.
+        self.watch_servers: Callable[[bytes, bool], None] | None = None
 
     # -- input -----------------------------------------------------------------
 
@@ -129,8 +125,8 @@ class Pipeline:
         flow, up = self.table.observe(pkt)
         if flow.packets == 1:
             flow.cache_name = self.dnscache.lookup(pkt.ts, flow.client, flow.server)
-            if self.watch_ai is not None and self._reportable(flow.cache_name, flow.server, flow.sport):
-                self.watch_ai(flow.server)
+            if self.watch_servers is not None and self._reportable(flow.cache_name, flow.server, flow.sport):
+                self.watch_servers(flow.server, True)
         if flow.inspecting:
             if pkt.proto == TCP:
                 self._inspect_tcp(flow, up, pkt)
@@ -177,9 +173,9 @@ class Pipeline:
 
     def _dns_response(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
         self.dnscache.learn(ts, client, msg)
-        if self.watch_ai is not None and msg.answers and self._reportable(msg.questions[0][0], b"", 443):
+        if self.watch_servers is not None and msg.answers and self._reportable(msg.questions[0][0], b"", 443):
             for addr in answer_addresses(msg):
-                self.watch_ai(addr)
+                self.watch_servers(addr, True)
         if msg.questions and self._queries.pop((client, msg.txid, msg.questions[0][0]), 0) is None:
             return  # its query was seen and already reported
         self._dns_events(ts, client, server, port, msg, size, transport)
@@ -271,8 +267,8 @@ class Pipeline:
             flow.name = sni
             flow.evidence = evidence
         flow.stop_inspecting()
-        if self.watch_ai is not None and flow.name and self._reportable(flow.name, b"", flow.sport):
-            self.watch_ai(flow.server)
+        if self.watch_servers is not None:
+            self.watch_servers(flow.server, self._reportable(flow.name or flow.cache_name, flow.server, flow.sport))
 
     def _named_by_http(self, flow: Flow, req: HttpRequest) -> None:
         if req.host:

@@ -23,9 +23,9 @@ BATCH = 512
 READ_TIMEOUT_MS = 10
 
 # Ports whose server→client data segments are bulk downloads. The sensor needs nothing from
-# them unless the server is an AI service (its bytes are counted): every name, handshake and
-# upload travels client→server, and DNS answers, SYN/FIN/RST stay admitted. Proxy ports are
-# not listed: one proxy carries AI and other traffic alike, so all of it must be counted.
+# them once the server is known not to matter: every name, handshake and upload travels
+# client→server, and DNS answers, SYN/FIN/RST stay admitted. Proxy ports are not listed:
+# one proxy carries AI and other traffic alike, so all of it must be counted.
 BULK_SERVER_PORTS = (443, 80, 8443)
 
 
@@ -42,16 +42,20 @@ class InterfaceStats:
     interface_drops: int = 0
 
 
-def prefilter(ai_hosts: Iterable[str] = (), *, ethernet: bool = True) -> str:
+def prefilter(bulk_servers: Iterable[str] = (), *, ethernet: bool = True) -> str:
     """The sensor's own BPF prefilter ("auto"), as a tcpdump expression.
 
-    It is written as an exclusion, so that anything it does not describe is admitted:
-    the only packets dropped in the kernel are server→client data segments on web ports
-    (TCP without SYN/FIN/RST, QUIC short headers) from servers that are not known AI
-    endpoints. `ai_hosts` are addresses whose flows are (or are about to be) attributed,
-    so their downloads are still counted. IPv6 is matched at fixed offsets (no extension
-    headers); an IPv6 packet with extension headers is simply admitted.
+    It drops only what is proven useless: server→client data segments on web ports (TCP
+    without SYN/FIN/RST, QUIC short headers) from `bulk_servers`, addresses whose flows were
+    named and found to be no AI service, resolver or candidate. Everything else is admitted:
+    names, handshakes and uploads travel client→server, and an unknown server's downloads
+    are counted until it is known not to matter. The set is kept small (the heaviest,
+    most recent servers) by the caller; an empty set admits everything. IPv6 is matched at
+    fixed offsets (no extension headers); an IPv6 packet with extension headers is admitted.
     """
+    hosts = sorted(set(bulk_servers))
+    if not hosts:
+        return ""
     # A filter for another link type than Ethernet must not mention VLAN tags (libpcap
     # rejects the expression), hence `ethernet`.
     ports4 = " or ".join(f"src port {p}" for p in BULK_SERVER_PORTS)
@@ -60,12 +64,8 @@ def prefilter(ai_hosts: Iterable[str] = (), *, ethernet: bool = True) -> str:
     ports6 = " or ".join(f"ip6[40:2] == {p}" for p in BULK_SERVER_PORTS)
     tcp6 = f"(ip6[6] == 6 and ({ports6}) and ip6[53] & 0x07 == 0)"
     quic6 = "(ip6[6] == 17 and ip6[40:2] == 443 and ip6[48] & 0x80 == 0)"
-    bulk = f"({tcp4} or {quic4} or (ip6 and ({tcp6} or {quic6})))"
-    hosts = sorted(set(ai_hosts))
-    if hosts:
-        keep = " or ".join(f"src host {h}" for h in hosts)
-        bulk = f"({bulk} and not ({keep}))"
-    # 802.1Q-tagged frames need the filter again behind the tag; only Ethernet has tags.
+    servers = " or ".join(f"src host {h}" for h in hosts)
+    bulk = f"(({tcp4} or {quic4} or (ip6 and ({tcp6} or {quic6}))) and ({servers}))"
     return f"not ({bulk} or (vlan and {bulk}))" if ethernet else f"not {bulk}"
 
 
