@@ -234,7 +234,14 @@ def config_group() -> None:
 @_config_option
 def config_check(config_path: str | None) -> None:
     """Validate the configuration file; exit 2 with the key named when it is wrong."""
+    from detector.sinks.alerts import check_config
+
     cfg = _load_config(config_path, {})
+    problems = check_config(cfg.alerts)
+    for p in problems:
+        click.echo(f"{config_path or 'defaults'}: {p}", err=True)
+    if problems:
+        _fail(f"{len(problems)} problem(s) in the configuration")
     click.echo(f"ok: {config_path or 'defaults'} (sensor {cfg.sensor.name})")
 
 

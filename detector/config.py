@@ -86,6 +86,76 @@ class MetricsConfig:
     active_window: float = 900.0  # seconds a client counts as active for the distinct-clients gauge
 
 
+# Alert severities, lowest first.
+SEVERITIES = ("low", "medium", "high", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertFileConfig:
+    path: str = ""  # ECS JSON lines, one alert per line (Filebeat, Wazuh, Splunk UF); "" = off
+
+
+@dataclass(frozen=True, slots=True)
+class SyslogConfig:
+    address: str = ""  # HOST:PORT of the SIEM's syslog receiver; "" = off
+    transport: str = "udp"  # udp (RFC 5426) | tcp (RFC 6587 octet counting) | tls (RFC 5425)
+    facility: int = 13  # RFC 5424 facility; 13 = log audit
+    hostname: str = ""  # HOSTNAME field; "" = the sensor name
+    ca_file: str = ""  # tls: CA bundle that signed the receiver's certificate; "" = system store
+    cert_file: str = ""  # tls: client certificate for mutual authentication; "" = none
+    key_file: str = ""  # tls: its private key
+    server_name: str = ""  # tls: name to verify in the receiver's certificate; "" = host of address
+    verify: bool = True  # tls: verify the receiver's certificate (false only for tests)
+    timeout: float = 5.0  # connect and send timeout, seconds
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    url: str = ""  # http(s) URL that receives one JSON alert per POST; "" = off
+    secret_file: str = ""  # file holding the HMAC-SHA256 key for X-ShadowAI-Signature
+    secret: str = ""  # the key inline (prefer secret_file: config files are often world-readable)
+    ca_file: str = ""  # https: CA bundle of the receiver; "" = system store
+    timeout: float = 10.0  # per request, seconds
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    enabled: bool = True
+    rules: tuple[str, ...] = (  # rule ids switched on
+        "unsanctioned-first-use",
+        "large-upload",
+        "new-ai-candidate",
+        "encrypted-dns",
+        "sensor-blind",
+    )
+    min_severity: str = "low"  # alerts below this severity are not raised
+    # unsanctioned-first-use: once per department, service and (UTC) day.
+    first_use_policies: tuple[str, ...] = ("unsanctioned", "blocked")
+    # large-upload: bytes up in one flow, or per client and service in one (UTC) hour.
+    upload_flow_bytes: int = 10_000_000
+    upload_client_hour_bytes: int = 50_000_000
+    upload_policies: tuple[str, ...] = ("sanctioned", "tolerated", "unsanctioned", "blocked")
+    # sensor-blind: shares over a sliding window of health checks.
+    blind_window: float = 300.0  # seconds
+    blind_drop_share: float = 0.01  # dropped / (received + dropped) packets above this
+    blind_flow_share: float = 0.5  # blind / all TLS-QUIC-HTTP flows above this
+    blind_min_packets: int = 10_000  # too few packets in the window to judge the drop share
+    blind_min_flows: int = 200  # too few flows in the window to judge the blind share
+    blind_repeat: float = 3600.0  # seconds before the same blindness alerts again
+    # Token bucket per rule, so that a storm cannot flood the SIEM.
+    rate_per_minute: float = 30.0
+    rate_burst: int = 100
+    # Delivery.
+    spool_dir: str = "alert-spool"  # one subdirectory per sink; relative = under the state directory
+    spool_max: int = 100_000  # alerts kept per sink while it is down; the oldest go first
+    queue_size: int = 10_000  # alerts between the event path and each sink's thread
+    retry_initial: float = 1.0  # first retry delay, seconds; doubles per failure
+    retry_max: float = 300.0  # longest retry delay, seconds
+    file: AlertFileConfig = field(default_factory=AlertFileConfig)
+    syslog: SyslogConfig = field(default_factory=SyslogConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+
+
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
     format: str = "text"  # text | json
@@ -102,15 +172,22 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def policy_path(self) -> Path:
         """The policy file in force."""
         return Path(self.rules.policy) if self.rules.policy else Path(self.rules.dir) / "policy.example.yaml"
 
 
+ALERT_CHOICES: dict[str, tuple[str, ...]] = {
+    "alerts.min_severity": SEVERITIES,
+    "alerts.syslog.transport": ("udp", "tcp", "tls"),
+}
+
 _CHOICES: dict[str, tuple[str, ...]] = {
     "logging.format": ("text", "json"),
     "logging.level": ("debug", "info", "warning", "error"),
+    **ALERT_CHOICES,
 }
 
 

@@ -41,6 +41,8 @@ QUIET_MARGIN_SECONDS = 2.0
 # Servers in the kernel filter's bulk-drop list. A BPF program has at most 4096
 # instructions; each address costs about six, for both the plain and the VLAN branch.
 MAX_FILTER_HOSTS = 256
+# How often the sensor's own health (drops, blind share) is judged for the SOC.
+HEALTH_SECONDS = 10.0
 # Least time between two filter updates that only add servers (each one recompiles).
 FILTER_UPDATE_SECONDS = 1.0
 
@@ -174,6 +176,7 @@ class Daemon:
         self.rules = RulesState()
         self.watch = BulkServers()
         self._filters_at = 0.0
+        self._health_at = 0.0
         self._live: list[LiveInterface] = []
         self._readers: list[_Reader] = []
         self._sinks: list[Callable[[UsageEvent], None]] = []
@@ -215,6 +218,16 @@ class Daemon:
             clock=time.time if live else None,
         )
         self._sinks.insert(0, self.metrics.handle)
+        self.alerts = None
+        if cfg.alerts.enabled:
+            from detector.sinks.soc import build_alert_service
+
+            try:
+                self.alerts = build_alert_service(cfg.alerts, cfg.sensor.name, state_path(cfg.alerts.spool_dir))
+            except ValueError as exc:
+                raise CaptureSetupError(f"alerts: {_one_line(exc)}") from None
+            self.add_sink(self.alerts.handle, self.alerts.close)
+            self.metrics.alerts = self.alerts
         self.server = None
         if cfg.metrics.listen:
             try:
@@ -353,6 +366,12 @@ class Daemon:
             # held back so that packets still queued are not later than the clock.
             self.pipeline.tick(time.time() - QUIET_MARGIN_SECONDS)
         self.pipeline.sync_stats()
+        now = time.monotonic()
+        if self.alerts is not None and now >= self._health_at:
+            from detector.sinks.alerts import HealthSnapshot
+
+            self._health_at = now + HEALTH_SECONDS
+            self.alerts.check_health(HealthSnapshot.take(self.stats, self.capture_stats() if live else None))
 
     def _update_filters(self) -> None:
         """Put the AI endpoints learned so far into every interface's kernel filter."""
