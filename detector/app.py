@@ -18,6 +18,7 @@ from detector.capture.pcapfile import CaptureError, expand_paths, file_size, ite
 from detector.classify.catalogue import load_catalogue, load_policy
 from detector.classify.classifier import Classifier
 from detector.classify.pseudonym import Pseudonymiser, load_or_create_key
+from detector import fastpath
 from detector.config import Config, state_path
 from detector.model import Stats, UsageEvent
 from detector.pipeline import Pipeline
@@ -64,10 +65,11 @@ def analyze(
     out: IO[str],
     warn: Callable[[str], None],
     progress: bool,
+    engine: str = "auto",
 ) -> AnalyzeResult:
     """Run captures (or Zeek/Suricata log sets) through the pipeline into the chosen output
     and the database."""
-    logs = {p: fmt for p in paths if (fmt := detect_format(Path(p))) is not None}
+    logs = {p: kind for p in paths if (kind := detect_format(Path(p))) is not None}
     files = expand_paths([p for p in paths if p not in logs]) if len(logs) < len(paths) else []
     classifier = build_classifier(cfg)
     store = _open_store(cfg)
@@ -96,11 +98,21 @@ def analyze(
     started = time.monotonic()
     ok = failed = 0
     bar = _progress_bar(files) if progress else None
+    # The fast path needs every file readable by libpcap, and is for attributed events
+    # only: --all wants every flow, which only the full path has.
+    fast = None
+    if engine == "fast" or (engine == "auto" and not include_all and files and all(map(fastpath.usable, files))):
+        fast = fastpath.TwoPass(cfg, classifier)
     try:
         for path in files:
             try:
-                frames = iter_frames(path, on_warning=warn, progress=bar.update if bar else None)
-                pipeline.run(frames)
+                if fast is not None and fastpath.usable(path):
+                    fast.analyze(path, pipeline)
+                    if bar is not None:
+                        bar.update(file_size(path))
+                else:
+                    frames = iter_frames(path, on_warning=warn, progress=bar.update if bar else None)
+                    pipeline.run(frames)
                 ok += 1
             except CaptureError as exc:
                 warn(f"error: {exc}")
@@ -114,7 +126,10 @@ def analyze(
                 failed += 1
             else:
                 ok += 1
-        pipeline.finish()
+        if fast is not None:
+            fast.finish(pipeline)
+        else:
+            pipeline.finish()
     finally:
         if bar is not None:
             bar.close()

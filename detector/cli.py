@@ -69,11 +69,14 @@ def cli() -> None:
 @click.option("--key-file", default=None, help="Pseudonym key file (created with mode 0600 if absent).")
 @click.option("--sensor", default=None, help="Sensor name recorded with the events.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on a terminal.")
+@click.option("--engine", type=click.Choice(["auto", "fast", "full"]), default="auto", show_default=True,
+              help="fast: libpcap and C select the packets that matter, in two passes (same events); "
+                   "full: every packet through Python; auto: fast where the files allow it and --all is off.")
 @_with(_rules_options)
 @_config_option
 def analyze(files: tuple[Path, ...], fmt: str, include_all: bool, db: str | None, no_db: bool, raw_clients: bool,
-            key_file: str | None, sensor: str | None, progress: bool, rules_dir: str | None, policy: str | None,
-            config_path: str | None) -> None:  # fmt: skip
+            key_file: str | None, sensor: str | None, progress: bool, engine: str, rules_dir: str | None,
+            policy: str | None, config_path: str | None) -> None:  # fmt: skip
     """Analyse capture files (pcap, pcapng, gzip-compressed, or directories of them), or the
     logs of an existing Zeek (conn/ssl/dns/quic/http, TSV or JSON) or Suricata (EVE JSON)
     deployment, recognised by their content.
@@ -93,7 +96,7 @@ def analyze(files: tuple[Path, ...], fmt: str, include_all: bool, db: str | None
     cfg = _load_config(config_path, overrides)
     warn = lambda msg: click.echo(f"shadowai: {msg}", err=True)  # noqa: E731
     result = app.analyze(list(files), cfg, fmt=fmt, include_all=include_all, out=sys.stdout, warn=warn,
-                         progress=progress)  # fmt: skip
+                         progress=progress, engine=engine)  # fmt: skip
     if result.files_failed:
         sys.exit(EXIT_READ_FAILED)
 

@@ -125,7 +125,7 @@ class Pipeline:
         flow, up = self.table.observe(pkt)
         if flow.packets == 1:
             flow.cache_name = self.dnscache.lookup(pkt.ts, flow.client, flow.server)
-            if self.watch_servers is not None and self._reportable(flow.cache_name, flow.server, flow.sport):
+            if self.watch_servers is not None and self.reportable(flow.cache_name, flow.server, flow.sport):
                 self.watch_servers(flow.server, True)
         if flow.inspecting:
             if pkt.proto == TCP:
@@ -136,7 +136,7 @@ class Pipeline:
             for rec in self.table.take():
                 self._flow_ended(rec)
 
-    def _reportable(self, name: str | None, server: bytes, port: int) -> bool:
+    def reportable(self, name: str | None, server: bytes, port: int) -> bool:
         """Would a flow to this name or address make a stored event (AI service, vendor
         range, encrypted-DNS resolver, AI-looking candidate)? Used only to keep a live
         kernel filter admitting that server's packets, so its bytes are counted."""
@@ -173,7 +173,7 @@ class Pipeline:
 
     def _dns_response(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
         self.dnscache.learn(ts, client, msg)
-        if self.watch_servers is not None and msg.answers and self._reportable(msg.questions[0][0], b"", 443):
+        if self.watch_servers is not None and msg.answers and self.reportable(msg.questions[0][0], b"", 443):
             for addr in answer_addresses(msg):
                 self.watch_servers(addr, True)
         if msg.questions and self._queries.pop((client, msg.txid, msg.questions[0][0]), 0) is None:
@@ -268,7 +268,7 @@ class Pipeline:
             flow.evidence = evidence
         flow.stop_inspecting()
         if self.watch_servers is not None:
-            self.watch_servers(flow.server, self._reportable(flow.name or flow.cache_name, flow.server, flow.sport))
+            self.watch_servers(flow.server, self.reportable(flow.name or flow.cache_name, flow.server, flow.sport))
 
     def _named_by_http(self, flow: Flow, req: HttpRequest) -> None:
         if req.host:
@@ -276,6 +276,8 @@ class Pipeline:
             flow.evidence = Evidence.HTTP_CONNECT if req.method == "CONNECT" else Evidence.HTTP_HOST
         flow.user_agent = req.user_agent
         flow.stop_inspecting()
+        if self.watch_servers is not None:
+            self.watch_servers(flow.server, self.reportable(flow.name, flow.server, flow.sport))
 
     # -- UDP / QUIC ------------------------------------------------------------
 

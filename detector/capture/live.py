@@ -82,9 +82,12 @@ class LiveInterface:
             cap.set_promisc(1 if promiscuous else 0)
             cap.set_timeout(READ_TIMEOUT_MS)
             cap.set_buffer_size(buffer_mib << 20)
-            cap.activate()
+            status = cap.activate()
         except pcapy.PcapError as exc:
             raise CaptureSetupError(_explain(name, str(exc))) from None
+        # pcap_activate(3) reports failure as a negative status, not as an exception.
+        if status is not None and status < 0:
+            raise CaptureSetupError(_explain(name, _ACTIVATE_ERRORS.get(status, f"pcap_activate failed ({status})")))
         self._cap = cap
         self.linktype = cap.datalink()
         if bpf:
@@ -129,10 +132,22 @@ class LiveInterface:
         self._cap.close()
 
 
+# pcap_activate(3) negative statuses, phrased as libpcap's own messages (matched below).
+_ACTIVATE_ERRORS = {
+    -4: "interface is not up",
+    -5: "no such device",
+    -8: "permission denied",
+    -11: "permission denied (promiscuous mode)",
+    -12: "timestamp precision not supported",
+}
+
+
 def _explain(name: str, message: str) -> str:
     low = message.lower()
     if "no such device" in low or "doesn't exist" in low:
         return f"interface {name!r} does not exist (see `ip link`; name the mirror-port interface with --interface)"
+    if "not up" in low:
+        return f"interface {name!r} is down: bring it up (`ip link set {name} up`) and connect the mirror port"
     if "permission" in low or "not permitted" in low:
         who = "root" if os.geteuid() else "this user"
         return (

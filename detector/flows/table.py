@@ -226,6 +226,10 @@ class FlowTable:
             del flows[flow.fwd]
             ended.append(flow.record(EndReason.IDLE))
 
+    def open_flows(self):  # type: ignore[no-untyped-def]
+        """The flows not yet ended (a view; do not change the table while iterating)."""
+        return self._flows.values()
+
     def advance(self, now: float) -> None:
         """Move the clock without a packet (a quiet live link), ending idle flows."""
         if now > self._now:

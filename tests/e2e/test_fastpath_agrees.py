@@ -1,0 +1,73 @@
+"""The offline fast path (libpcap + C selection, two passes) reports exactly what the full
+path reports: same events, same byte and packet counts, on every capture we have."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from detector.app import build_classifier
+from detector.capture.pcapfile import iter_frames
+from detector.fastpath import TwoPass, usable
+from detector.model import Stats
+from detector.pipeline import Pipeline
+from e2e_helpers import make_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "captures"
+OWN = sorted((ROOT / "tests" / "golden" / "traces").glob("*.pcap*")) + [ROOT / "samples" / "office-sample.pcap"]
+REAL = sorted(p for p in SHARED.rglob("*") if p.suffix in (".pcap", ".pcapng")) if SHARED.is_dir() else []
+
+
+def _key(e) -> tuple:
+    return (e.event_id, e.kind, e.service, e.server_name, e.evidence, e.client, e.bytes_up, e.bytes_down, e.packets, e.ja4)
+
+
+def _both(path: Path, cfg) -> tuple[list, list]:
+    classifier = build_classifier(cfg)
+    full: list = []
+    pipe = Pipeline(cfg, classifier, full.append, Stats())
+    pipe.run(iter_frames(path))
+    pipe.finish()
+    fast: list = []
+    main = Pipeline(cfg, classifier, fast.append, Stats())
+    two = TwoPass(cfg, classifier)
+    two.analyze(path, main)
+    two.finish(main)
+    return sorted(map(_key, full)), sorted(map(_key, fast))
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    return make_config(tmp_path_factory.mktemp("fast"))
+
+
+@pytest.mark.parametrize("path", OWN, ids=[p.name for p in OWN])
+def test_fast_path_agrees_on_the_projects_own_captures(path: Path, cfg) -> None:
+    if not usable(path):
+        pytest.skip(f"{path.name}: not a classic pcap; the fast path leaves it to the full reader")
+    full, fast = _both(path, cfg)
+    assert fast == full
+
+
+@pytest.mark.parametrize("path", REAL or [None], ids=[str(p.relative_to(SHARED)) for p in REAL] or ["absent"])
+def test_fast_path_agrees_on_the_real_captures(path: Path | None, cfg) -> None:
+    if path is None:
+        pytest.skip(f"real captures not available: {SHARED} is absent")
+    if not usable(path):
+        pytest.skip(f"{path.name}: not a classic pcap; the fast path leaves it to the full reader")
+    full, fast = _both(path, cfg)
+    assert fast == full
+
+
+def test_fast_path_keeps_most_packets_out_of_python(cfg) -> None:
+    """On the office sample, pass 2 sees only AI servers, DNS and the rest; the C part
+    drops the bulk of ordinary flows (a structural check, not a timing one)."""
+    sample = ROOT / "samples" / "office-sample.pcap"
+    two = TwoPass(cfg, build_classifier(cfg))
+    main = Pipeline(cfg, two.discovery.classifier, lambda ev: None, Stats())
+    two.analyze(sample, main)
+    two.finish(main)
+    assert two.skipped > 0
+    assert main.stats.packets == sum(1 for _ in iter_frames(sample))
