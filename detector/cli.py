@@ -95,9 +95,17 @@ def analyze(files: tuple[Path, ...], fmt: str, include_all: bool, db: str | None
     }
     cfg = _load_config(config_path, overrides)
     warn = lambda msg: click.echo(f"shadowai: {msg}", err=True)  # noqa: E731
-    result = app.analyze(list(files), cfg, fmt=fmt, include_all=include_all, out=sys.stdout, warn=warn,
+    # A path that does not exist is a file that could not be read at all: say so, and
+    # still analyse the others (exit status 1, as for a file that is no capture).
+    missing = [p for p in files if not p.exists()]
+    for p in missing:
+        warn(f"error: {p}: no such file or directory")
+    present = [p for p in files if p.exists()]
+    if not present:
+        sys.exit(EXIT_READ_FAILED)
+    result = app.analyze(present, cfg, fmt=fmt, include_all=include_all, out=sys.stdout, warn=warn,
                          progress=progress, engine=engine)  # fmt: skip
-    if result.files_failed:
+    if result.files_failed or missing:
         sys.exit(EXIT_READ_FAILED)
 
 
@@ -178,6 +186,27 @@ def report(db: str | None, since: str | None, until: str | None, group_by: str, 
     click.echo(report_mod.render(rows, fmt, group_by=group_by), nl=False)
 
 
+@cli.command()
+@click.option("--parquet", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Export root: writes events/ and hourly/ partitioned by sensor=<name>/day=<YYYY-MM-DD>.")
+@click.option("--db", "db", default=None, help="DuckDB file to export (default from config).")
+@click.option("--since", default=None, help="First UTC day to export: ISO date, or an age such as 7d (default: all).")
+@_config_option
+def export(out_dir: Path, db: str | None, since: str | None, config_path: str | None) -> None:
+    """Export events and hourly usage as Parquet, so that the exports of many sensors are
+    queried as one table (`shadowai report --db DIR`, DuckDB, Trino, Spark). A (sensor, day)
+    partition exported again replaces the old one; other days stay."""
+    from detector.sinks.store import Store
+
+    cfg = _load_config(config_path, {"store.path": db})
+    source = config_mod.state_path(cfg.store.path)
+    if not source.is_file():
+        _fail(f"{source}: no such database (run `shadowai analyze` or `shadowai run` first)")
+    start = _parse_when(since).date() if since else None
+    written = Store(source, sensor=cfg.sensor.name).export_parquet(out_dir, start)
+    click.echo(f"exported {len(written)} Parquet file(s) to {out_dir}")
+
+
 def _parse_when(text: str) -> datetime:
     units = {"d": "days", "h": "hours", "m": "minutes", "w": "weeks"}
     if text[-1:] in units and text[:-1].isdigit():
@@ -238,9 +267,15 @@ def config_group() -> None:
 def config_check(config_path: str | None) -> None:
     """Validate the configuration file; exit 2 with the key named when it is wrong."""
     from detector.sinks.alerts import check_config
+    from detector.sinks.metrics import parse_listen
 
     cfg = _load_config(config_path, {})
     problems = check_config(cfg.alerts)
+    if cfg.metrics.listen:
+        try:
+            parse_listen(cfg.metrics.listen)
+        except ValueError:
+            problems.append(f"metrics.listen: expected HOST:PORT, not {cfg.metrics.listen!r}")
     for p in problems:
         click.echo(f"{config_path or 'defaults'}: {p}", err=True)
     if problems:

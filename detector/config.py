@@ -190,6 +190,17 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     **ALERT_CHOICES,
 }
 
+# Whole numbers that must be at least this (0 would break the stage, not switch it off):
+# an empty flow table cannot hold the flow a packet was just counted into, a handshake
+# buffer of 0 bytes has no first byte to tell TLS from HTTP, a batch of 0 events never
+# empties the writer's queue, and raw events must live at least a day (the store's rule).
+_MINIMUM: dict[str, int] = {
+    "flows.max_flows": 1,
+    "flows.inspect_bytes": 1,
+    "store.max_batch": 1,
+    "store.raw_retention_days": 1,
+}
+
 
 def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Build the Config from defaults, the YAML file at `path` (if given) and `overrides`
@@ -219,6 +230,10 @@ def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> C
         if value is None:
             continue
         cfg = _override(cfg, dotted, value)
+    if cfg.store.aggregate_retention_days < cfg.store.raw_retention_days:
+        # The hourly figures are computed from the raw events, so they cannot be kept for less.
+        raise ConfigError(f"{where}: store.aggregate_retention_days: must be at least store.raw_retention_days "
+                          f"({cfg.store.raw_retention_days}), not {cfg.store.aggregate_retention_days}")  # fmt: skip
     return cfg
 
 
@@ -257,6 +272,8 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
             raise ConfigError(f"{where}: {key}: must be a whole number, not {value!r}")
         if value < 0:
             raise ConfigError(f"{where}: {key}: must not be negative")
+        if value < _MINIMUM.get(key, 0):
+            raise ConfigError(f"{where}: {key}: must be at least {_MINIMUM[key]}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -277,14 +294,16 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
     raise ConfigError(f"{where}: {key}: unsupported type")
 
 
-def _override(cfg: Any, dotted: str, value: Any) -> Any:
+def _override(cfg: Any, dotted: str, value: Any, prefix: str = "") -> Any:
+    # `prefix` carries the sections already descended, so that messages, choices and
+    # minimums see the whole dotted key.
     head, _, rest = dotted.partition(".")
     hints = typing.get_type_hints(type(cfg))
     if head not in hints:
-        raise ConfigError(f"command line: {dotted}: unknown key")
+        raise ConfigError(f"command line: {prefix}{dotted}: unknown key")
     if rest:
-        return dataclasses.replace(cfg, **{head: _override(getattr(cfg, head), rest, value)})
-    return dataclasses.replace(cfg, **{head: _coerce(hints[head], value, "command line", dotted)})
+        return dataclasses.replace(cfg, **{head: _override(getattr(cfg, head), rest, value, f"{prefix}{head}.")})
+    return dataclasses.replace(cfg, **{head: _coerce(hints[head], value, "command line", prefix + dotted)})
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:

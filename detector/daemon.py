@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from detector.app import build_classifier
-from detector.capture.live import CaptureSetupError, LiveInterface, prefilter
+from detector.capture.live import CaptureSetupError, LiveInterface, filter_fits, prefilter
 from detector.capture.pcapfile import iter_frames
 from detector.config import Config, state_path
 from detector.model import Stats, UsageEvent
@@ -38,9 +38,9 @@ HOUSEKEEPING_SECONDS = 1.0
 # How far the wall-clock flow time lags behind now on a quiet link: longer than a batch can
 # wait in the queue, so a queued packet is never older than the flow clock.
 QUIET_MARGIN_SECONDS = 2.0
-# Servers in the kernel filter's bulk-drop list. A BPF program has at most 4096
-# instructions; each address costs about six, for both the plain and the VLAN branch.
-MAX_FILTER_HOSTS = 256
+# Flows in the kernel filter's bulk-drop list. A BPF program has at most 4096 instructions;
+# each flow costs about ten, for both the plain and the VLAN branch.
+MAX_FILTER_FLOWS = 160
 # How often the sensor's own health (drops, blind share) is judged for the SOC.
 HEALTH_SECONDS = 10.0
 # Least time between two filter updates that only add servers (each one recompiles).
@@ -107,46 +107,43 @@ class _Replay:
                 return batch
 
 
-class BulkServers:
-    """Servers whose downloads the kernel filter may drop: named, and found not to matter.
+class BulkFlows:
+    """Flows whose downloads the kernel filter may drop: named, not reportable, and big.
 
-    A server enters when a flow to it is named and is no AI service, resolver or candidate;
-    it leaves at once when anything reportable is seen at its address (a shared CDN address
-    can serve both). Bounded LRU, so the filter holds the most recently busy servers.
+    A flow enters after BULK_PACKETS packets once its name is known not to matter, and leaves
+    when it ends. Bounded: the most recent ones, as many as a BPF program can hold.
     """
 
-    def __init__(self, limit: int = MAX_FILTER_HOSTS) -> None:
-        self._hosts: OrderedDict[bytes, None] = OrderedDict()
-        self._keep: set[bytes] = set()  # seen reportable: never excluded again
+    def __init__(self, limit: int = MAX_FILTER_FLOWS) -> None:
+        self._flows: OrderedDict[tuple[bytes, int, bytes, int], None] = OrderedDict()
         self.limit = limit
         self.changed = False
-        self.urgent = False  # a removal: the filter must change before more packets pass
 
-    def observe(self, addr: bytes, reportable: bool) -> None:
-        """Learn about a server address (called when a flow is named or a DNS answer arrives)."""
-        hosts = self._hosts
-        if reportable:
-            if addr not in self._keep:
-                self._keep.add(addr)
-                if len(self._keep) > 4 * self.limit:
-                    self._keep.pop()
-            if hosts.pop(addr, 0) is None:
-                self.changed = self.urgent = True
+    def add(self, key: tuple[bytes, int, bytes, int]) -> None:
+        """Start dropping the downloads of this (server, port, client, port) flow."""
+        flows = self._flows
+        if key in flows:
             return
-        if addr in self._keep:
-            return
-        if addr in hosts:
-            hosts.move_to_end(addr)
-            return
-        hosts[addr] = None
-        if len(hosts) > self.limit:
-            hosts.popitem(last=False)
+        flows[key] = None
+        if len(flows) > self.limit:
+            flows.popitem(last=False)
         self.changed = True
 
-    def texts(self) -> list[str]:
-        """The addresses as text for a filter expression."""
+    def discard(self, key: tuple[bytes, int, bytes, int]) -> None:
+        """The flow ended: forget it."""
+        if self._flows.pop(key, 0) is None:
+            self.changed = True
+
+    def shrink(self) -> None:
+        """Drop the older half (the filter grew past the kernel's limit)."""
+        for _ in range(len(self._flows) // 2):
+            self._flows.popitem(last=False)
+        self.limit = max(8, len(self._flows))
+
+    def texts(self) -> list[tuple[str, int, str, int]]:
+        """The flows as text for a filter expression."""
         fam = {4: socket.AF_INET, 16: socket.AF_INET6}
-        return [socket.inet_ntop(fam[len(a)], a) for a in self._hosts]
+        return [(socket.inet_ntop(fam[len(s)], s), sp, socket.inet_ntop(fam[len(c)], c), cp) for s, sp, c, cp in self._flows]
 
 
 class Daemon:
@@ -174,7 +171,7 @@ class Daemon:
         self._reload = False
         self._queue: queue.Queue = queue.Queue(QUEUE_BATCHES)
         self.rules = RulesState()
-        self.watch = BulkServers()
+        self.bulk = BulkFlows()
         self._filters_at = 0.0
         self._health_at = 0.0
         self._live: list[LiveInterface] = []
@@ -192,7 +189,9 @@ class Daemon:
         self.classifier = build_classifier(cfg)
         self._rules_loaded(True)
         self.pipeline = Pipeline(cfg, self.classifier, self._emit, self.stats)
-        self.pipeline.watch_servers = self.watch.observe if cfg.capture.bpf == "auto" and self.interfaces else None
+        if cfg.capture.bpf == "auto" and self.interfaces:
+            self.pipeline.watch_bulk = self.bulk.add
+            self.pipeline.bulk_ended = self.bulk.discard
         self.writer = None
         if cfg.store.path:
             store = Store(
@@ -247,7 +246,7 @@ class Daemon:
             bpf = cfg.bpf
             iface = LiveInterface(name, snaplen=cfg.snaplen, promiscuous=cfg.promiscuous, buffer_mib=cfg.buffer_mib, bpf="")
             if bpf == "auto":
-                bpf = prefilter(ethernet=iface.linktype == 1)  # admits all until servers are known
+                bpf = prefilter(ethernet=iface.linktype == 1)  # admits all until flows are known
             if bpf:
                 iface.set_filter(bpf)
             self._live.append(iface)
@@ -332,9 +331,7 @@ class Daemon:
                 if batch:
                     for ts, lt, data in batch:
                         feed(ts, lt, data)
-                    if self.watch.urgent or (self.watch.changed and time.monotonic() - self._filters_at > FILTER_UPDATE_SECONDS):
-                        # A server that turned out to matter leaves the filter at once; new
-                        # exclusions are batched (each update recompiles the filter).
+                    if self.bulk.changed and time.monotonic() - self._filters_at > FILTER_UPDATE_SECONDS:
                         self._update_filters()
                 now = time.monotonic()
                 if now >= next_house:
@@ -374,13 +371,18 @@ class Daemon:
             self.alerts.check_health(HealthSnapshot.take(self.stats, self.capture_stats() if live else None))
 
     def _update_filters(self) -> None:
-        """Put the AI endpoints learned so far into every interface's kernel filter."""
-        self.watch.changed = self.watch.urgent = False
+        """Put the current bulk flows into every interface's kernel filter (batched: each
+        update recompiles the program)."""
+        self.bulk.changed = False
         self._filters_at = time.monotonic()
-        hosts = self.watch.texts()
         for iface in self._live:
+            ethernet = iface.linktype == 1
+            expression = prefilter(self.bulk.texts(), ethernet=ethernet)
+            while not filter_fits(expression, iface.linktype) and expression:
+                self.bulk.shrink()
+                expression = prefilter(self.bulk.texts(), ethernet=ethernet)
             try:
-                iface.set_filter(prefilter(hosts, ethernet=iface.linktype == 1))
+                iface.set_filter(expression)
             except CaptureSetupError as exc:
                 log.error("%s", exc)
 

@@ -46,6 +46,10 @@ from detector.model import (
 
 DNS_PORT = 53
 
+# Packets after which a named flow that does not matter counts as a bulk transfer whose
+# downloads a live kernel filter may drop: past the handshake, a real download.
+BULK_PACKETS = 32
+
 # Packets of a QUIC flow looked at before it is declared nameless: Chrome spreads a
 # large ClientHello over two or three Initials; anything beyond a handful is not a handshake.
 MAX_QUIC_INITIALS = 16
@@ -79,10 +83,13 @@ class Pipeline:
         self.fragments = FragmentTable()
         self.inspect_bytes = fc.inspect_bytes
         self._queries: OrderedDict[tuple[bytes, int, str], None] = OrderedDict()
-        # Told (address, reportable) whenever a server is named or answered in DNS, so a
-        # live kernel filter can drop the downloads of servers that do not matter;
-        # None when nobody needs it.
+        # Told (address, reportable) whenever a server is named or answered in DNS (the
+        # offline fast path learns which servers to keep from it); None when unused.
         self.watch_servers: Callable[[bytes, bool], None] | None = None
+        # A live kernel filter's hooks: a named flow that does not matter and keeps
+        # downloading may have its downloads dropped in the kernel, until it ends.
+        self.watch_bulk: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
+        self.bulk_ended: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
 
     # -- input -----------------------------------------------------------------
 
@@ -132,9 +139,16 @@ class Pipeline:
                 self._inspect_tcp(flow, up, pkt)
             elif up and pkt.payload:
                 self._inspect_udp(flow, pkt)
+        elif flow.packets == BULK_PACKETS and self.watch_bulk is not None:
+            self._maybe_bulk(flow)
         if self.table.ended:
             for rec in self.table.take():
                 self._flow_ended(rec)
+
+    def _maybe_bulk(self, flow: Flow) -> None:
+        name = flow.name or flow.cache_name
+        if name and not self.reportable(name, flow.server, flow.sport):
+            self.watch_bulk((flow.server, flow.sport, flow.client, flow.cport))  # type: ignore[misc]
 
     def reportable(self, name: str | None, server: bytes, port: int) -> bool:
         """Would a flow to this name or address make a stored event (AI service, vendor
@@ -341,6 +355,8 @@ class Pipeline:
 
     def _flow_ended(self, rec: FlowRecord) -> None:
         stats = self.stats
+        if self.bulk_ended is not None:
+            self.bulk_ended((rec.server, rec.server_port, rec.client, rec.client_port))
         stats.flows_total += 1
         ev = self.classifier.classify_flow(rec, self.include_unmatched, include_candidates=True)  # type: ignore[attr-defined]
         self._coverage(rec, ev)

@@ -22,11 +22,8 @@ BATCH = 512
 # because the filter learns AI endpoints from ClientHellos and must do so within a round trip.
 READ_TIMEOUT_MS = 10
 
-# Ports whose server→client data segments are bulk downloads. The sensor needs nothing from
-# them once the server is known not to matter: every name, handshake and upload travels
-# client→server, and DNS answers, SYN/FIN/RST stay admitted. Proxy ports are not listed:
-# one proxy carries AI and other traffic alike, so all of it must be counted.
-BULK_SERVER_PORTS = (443, 80, 8443)
+# The kernel's limit on a classic BPF program (BPF_MAXINSNS).
+MAX_BPF_INSNS = 4096
 
 
 class CaptureSetupError(Exception):
@@ -42,31 +39,43 @@ class InterfaceStats:
     interface_drops: int = 0
 
 
-def prefilter(bulk_servers: Iterable[str] = (), *, ethernet: bool = True) -> str:
+# One flow of the bulk list: (server address, server port, client address, client port).
+BulkFlow = tuple[str, int, str, int]
+
+
+def prefilter(bulk_flows: Iterable[BulkFlow] = (), *, ethernet: bool = True) -> str:
     """The sensor's own BPF prefilter ("auto"), as a tcpdump expression.
 
-    It drops only what is proven useless: server→client data segments on web ports (TCP
-    without SYN/FIN/RST, QUIC short headers) from `bulk_servers`, addresses whose flows were
-    named and found to be no AI service, resolver or candidate. Everything else is admitted:
-    names, handshakes and uploads travel client→server, and an unknown server's downloads
-    are counted until it is known not to matter. The set is kept small (the heaviest,
-    most recent servers) by the caller; an empty set admits everything. IPv6 is matched at
-    fixed offsets (no extension headers); an IPv6 packet with extension headers is admitted.
+    It drops only what is proven useless: the server→client data segments (TCP without
+    SYN/FIN/RST, QUIC short headers) of `bulk_flows`, flows that were named, found to be no
+    AI service, resolver or candidate, and kept on downloading. It names whole 5-tuples, not
+    servers: a new flow to the same (shared, CDN) address is admitted whole until it is
+    known not to matter, so no AI flow ever loses a packet to the filter. Names, handshakes,
+    uploads, DNS and flow ends are always admitted. An empty list admits everything.
     """
-    hosts = sorted(set(bulk_servers))
-    if not hosts:
+    flows = sorted(set(bulk_flows))
+    if not flows:
         return ""
+    data = (
+        "((tcp and tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) == 0)"
+        " or (ip and udp and udp[8] & 0x80 == 0)"
+        " or (ip6 and ip6[6] == 17 and ip6[48] & 0x80 == 0))"
+    )
+    each = " or ".join(
+        f"(src host {srv} and src port {sport} and dst host {cli} and dst port {cport})" for srv, sport, cli, cport in flows
+    )
+    bulk = f"({data} and ({each}))"
     # A filter for another link type than Ethernet must not mention VLAN tags (libpcap
     # rejects the expression), hence `ethernet`.
-    ports4 = " or ".join(f"src port {p}" for p in BULK_SERVER_PORTS)
-    tcp4 = f"(tcp and ({ports4}) and tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) == 0)"
-    quic4 = "(udp and src port 443 and udp[8] & 0x80 == 0)"
-    ports6 = " or ".join(f"ip6[40:2] == {p}" for p in BULK_SERVER_PORTS)
-    tcp6 = f"(ip6[6] == 6 and ({ports6}) and ip6[53] & 0x07 == 0)"
-    quic6 = "(ip6[6] == 17 and ip6[40:2] == 443 and ip6[48] & 0x80 == 0)"
-    servers = " or ".join(f"src host {h}" for h in hosts)
-    bulk = f"(({tcp4} or {quic4} or (ip6 and ({tcp6} or {quic6}))) and ({servers}))"
     return f"not ({bulk} or (vlan and {bulk}))" if ethernet else f"not {bulk}"
+
+
+def filter_fits(expression: str, linktype: int) -> bool:
+    """Whether the expression compiles to a program the kernel accepts (4096 instructions)."""
+    try:
+        return len(pcapy.compile(linktype, 65535, expression, 1, 0).get_bpf()) <= MAX_BPF_INSNS
+    except pcapy.PcapError:
+        return False
 
 
 class LiveInterface:

@@ -156,14 +156,17 @@ class FlowTable:
         flows = self._flows
         key = (pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto)
         flow = flows.get(key)
-        if flow is not None:
-            up = True
-        else:
+        up = True
+        if flow is None:
             flow = flows.get((pkt.dst, pkt.src, pkt.dport, pkt.sport, pkt.proto))
-            if flow is not None:
-                up = False
-            else:
-                flow, up = self._create(pkt, ts)
+            up = False
+        if flow is not None and ts - flow.last_ts > (self.linger if flow.closing & 4 or flow.closing == 3 else self.idle_timeout):
+            # Expired by its own clock: decided per packet, so the result does not depend on
+            # when the periodic sweep last ran (live capture and replay agree).
+            self._end(flow, EndReason.FIN if flow.closing else EndReason.IDLE)
+            flow = None
+        if flow is None:
+            flow, up = self._create(pkt, ts)
         flows.move_to_end(flow.fwd)
         if ts - flow.first_ts > self.active_timeout and flow.packets:
             self._report_active(flow, ts)
@@ -209,22 +212,24 @@ class FlowTable:
         flow.first_ts = ts
         flow.up_bytes = flow.down_bytes = flow.packets = 0
 
+    def _end(self, flow: Flow, reason: EndReason) -> None:
+        del self._flows[flow.fwd]
+        self.ended.append(flow.record(reason))
+
     def _tick(self, now: float) -> None:
         self._next_tick = now + TICK_SECONDS
-        flows, ended = self._flows, self.ended
+        flows = self._flows
         closing = self._closing
         while closing and closing[0][0] <= now:
             _, flow = closing.popleft()
             if flows.get(flow.fwd) is flow and flow.last_ts + self.linger <= now:
-                del flows[flow.fwd]
-                ended.append(flow.record(EndReason.FIN))
+                self._end(flow, EndReason.FIN)
         limit = now - self.idle_timeout
         while flows:
             flow = next(iter(flows.values()))
             if flow.last_ts > limit:
                 break
-            del flows[flow.fwd]
-            ended.append(flow.record(EndReason.IDLE))
+            self._end(flow, EndReason.IDLE)
 
     def open_flows(self):  # type: ignore[no-untyped-def]
         """The flows not yet ended (a view; do not change the table while iterating)."""
