@@ -120,13 +120,16 @@ def analyze(files: tuple[Path, ...], fmt: str, include_all: bool, db: str | None
 @click.option("--no-db", is_flag=True, help="Do not write a database.")
 @click.option("--metrics-listen", default=None, help="HOST:PORT for /metrics (default 127.0.0.1:9810; '' = off).")
 @click.option("--bpf", default=None, help="Kernel prefilter: 'auto' (the sensor's own), '' (none) or a tcpdump expression.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Capture processes sharing the interfaces by flow hash (AF_PACKET fanout); one database and /metrics.")
 @click.option("--sensor", default=None, help="Sensor name recorded with events and exports.")
 @click.option("--key-file", default=None, help="Pseudonym key file (created with mode 0600 if absent).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None, help="Log format on stderr.")
 @_with(_rules_options)
 @_config_option
 def run(interfaces: tuple[str, ...], replay: Path | None, speed: str, exit_after_replay: bool, db: str | None,
-        no_db: bool, metrics_listen: str | None, bpf: str | None, sensor: str | None, key_file: str | None,
+        no_db: bool, metrics_listen: str | None, bpf: str | None, workers: int | None, sensor: str | None,
+        key_file: str | None,
         log_format: str | None,
         rules_dir: str | None, policy: str | None, config_path: str | None) -> None:  # fmt: skip
     """Run the sensor: capture on mirror-port interfaces (or replay a capture), keep the
@@ -140,6 +143,7 @@ def run(interfaces: tuple[str, ...], replay: Path | None, speed: str, exit_after
         "store.path": "" if no_db else db,
         "metrics.listen": metrics_listen,
         "capture.bpf": bpf,
+        "capture.workers": workers,
         "sensor.name": sensor,
         "privacy.key_file": key_file,
         "logging.format": log_format,
@@ -152,6 +156,13 @@ def run(interfaces: tuple[str, ...], replay: Path | None, speed: str, exit_after
         _fail("nothing to capture: give --interface IF (or capture.interfaces in the config), or --pcap FILE")
     if replay is not None and not replay.exists():
         _fail(f"{replay}: no such capture file")
+    if cfg.capture.workers > 1:
+        if replay is not None:
+            _fail("--workers spreads live interfaces; a replay runs in one process")
+        from detector import fanout
+
+        c = fanout.Coordinator(cfg, interfaces=cfg.capture.interfaces, reload_config=lambda: _load_config(config_path, overrides))
+        sys.exit(c.run())
     d = daemon.Daemon(
         cfg,
         interfaces=() if replay is not None else cfg.capture.interfaces,

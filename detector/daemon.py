@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from detector.app import build_classifier
-from detector.capture.live import CaptureSetupError, LiveInterface, filter_fits, prefilter
+from detector.capture.live import DNS_TRAFFIC, CaptureSetupError, LiveInterface, filter_fits, prefilter
 from detector.capture.pcapfile import iter_frames
 from detector.config import Config, state_path
 from detector.model import Stats, UsageEvent
@@ -159,6 +159,7 @@ class Daemon:
         exit_after_replay: bool = False,
         config_path: Path | None = None,
         reload_config: Callable[[], Config] | None = None,
+        worker: tuple[int, int] | None = None,
     ) -> None:
         self.cfg = cfg
         self.interfaces = interfaces
@@ -166,6 +167,10 @@ class Daemon:
         self.realtime = realtime
         self.exit_after_replay = exit_after_replay
         self._reload_config = reload_config
+        # (index, fanout group) when this is one capture worker of several (--workers).
+        self.worker = worker
+        self.on_housekeeping: Callable[[], None] | None = None  # a worker reports its counters
+        self.on_ready: Callable[[], None] | None = None  # a worker says it is capturing
         self.stats = Stats()
         self._stop = threading.Event()
         self._reload = False
@@ -189,6 +194,8 @@ class Daemon:
         self.classifier = build_classifier(cfg)
         self._rules_loaded(True)
         self.pipeline = Pipeline(cfg, self.classifier, self._emit, self.stats)
+        # Every worker sees all DNS; one of them reports the lookups.
+        self.pipeline.report_lookups = self.worker is None or self.worker[0] == 0
         if cfg.capture.bpf == "auto" and self.interfaces:
             self.pipeline.watch_bulk = self.bulk.add
             self.pipeline.bulk_ended = self.bulk.discard
@@ -243,14 +250,35 @@ class Daemon:
     def _open_sources(self) -> None:
         cfg = self.cfg.capture
         for name in self.interfaces:
-            bpf = cfg.bpf
-            iface = LiveInterface(name, snaplen=cfg.snaplen, promiscuous=cfg.promiscuous, buffer_mib=cfg.buffer_mib, bpf="")
-            if bpf == "auto":
-                bpf = prefilter(ethernet=iface.linktype == 1)  # admits all until flows are known
-            if bpf:
-                iface.set_filter(bpf)
-            self._live.append(iface)
-            self._readers.append(_Reader(name, iface.read, self._queue, self._stop))
+            self._open_interface(name, share="not-dns" if self.worker else "all")
+            if self.worker is not None:
+                # Every worker sees all DNS, so its DNS cache knows every client's lookups
+                # (the kernel spreads flows, not clients); only worker 0 reports lookups.
+                self._open_interface(name, share="dns", fanout=False)
+        if self.replay is not None:
+            warn = lambda msg: log.warning("%s", msg)  # noqa: E731
+            source = _Replay(self.replay, self.realtime, warn)
+            self._readers.append(_Reader(self.replay.name, source.read, self._queue, self._stop))
+
+    def _open_interface(self, name: str, share: str, fanout: bool = True) -> None:
+        cfg = self.cfg.capture
+        iface = LiveInterface(
+            name, snaplen=cfg.snaplen, promiscuous=cfg.promiscuous, buffer_mib=cfg.buffer_mib, bpf="", share=share
+        )
+        if fanout and self.worker is not None:
+            iface.join_fanout(self.worker[1])
+        bpf = cfg.bpf
+        if bpf == "auto" or (share != "all" and not bpf):
+            bpf = prefilter(ethernet=iface.linktype == 1, share=share)  # admits all until flows are known
+        elif share != "all":
+            # An operator's own filter, narrowed to this worker's part (untagged DNS only:
+            # the expression may use `vlan` itself, which must come last).
+            part = DNS_TRAFFIC if share == "dns" else f"not ({DNS_TRAFFIC})"
+            bpf = f"({part}) and ({bpf})"
+        if bpf:
+            iface.set_filter(bpf)
+        self._live.append(iface)
+        self._readers.append(_Reader(name, iface.read, self._queue, self._stop))
         if self.replay is not None:
             warn = lambda msg: log.warning("%s", msg)  # noqa: E731
             source = _Replay(self.replay, self.realtime, warn)
@@ -317,6 +345,8 @@ class Daemon:
             self.cfg.store.path or "(off)",
         )
         notify("READY=1")
+        if self.on_ready is not None:
+            self.on_ready()
         watchdog = _watchdog_interval()
         next_house = time.monotonic()
         replay_done = False
@@ -369,6 +399,8 @@ class Daemon:
 
             self._health_at = now + HEALTH_SECONDS
             self.alerts.check_health(HealthSnapshot.take(self.stats, self.capture_stats() if live else None))
+        if self.on_housekeeping is not None:
+            self.on_housekeeping()
 
     def _update_filters(self) -> None:
         """Put the current bulk flows into every interface's kernel filter (batched: each
@@ -377,10 +409,10 @@ class Daemon:
         self._filters_at = time.monotonic()
         for iface in self._live:
             ethernet = iface.linktype == 1
-            expression = prefilter(self.bulk.texts(), ethernet=ethernet)
+            expression = prefilter(self.bulk.texts(), ethernet=ethernet, share=iface.share)
             while not filter_fits(expression, iface.linktype) and expression:
                 self.bulk.shrink()
-                expression = prefilter(self.bulk.texts(), ethernet=ethernet)
+                expression = prefilter(self.bulk.texts(), ethernet=ethernet, share=iface.share)
             try:
                 iface.set_filter(expression)
             except CaptureSetupError as exc:
@@ -414,11 +446,13 @@ class Daemon:
         log.info("stopped: %d packets, %d events", self.stats.packets, self.stats.events)
 
     def capture_stats(self) -> dict[str, tuple[int, int, int]]:
-        """Kernel counters per interface: (received, kernel drops, interface drops)."""
-        out = {}
+        """Kernel counters per interface: (received, kernel drops, interface drops), summed
+        over its handles."""
+        out: dict[str, tuple[int, int, int]] = {}
         for iface in self._live:
             s = iface.stats()
-            out[iface.name] = (s.received, s.kernel_drops, s.interface_drops)
+            r, k, i = out.get(iface.name, (0, 0, 0))
+            out[iface.name] = (r + s.received, k + s.kernel_drops, i + s.interface_drops)
         return out
 
 

@@ -90,6 +90,7 @@ class Pipeline:
         # downloading may have its downloads dropped in the kernel, until it ends.
         self.watch_bulk: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
         self.bulk_ended: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
+        self.report_lookups = True  # False in all but one of several capture workers
 
     # -- input -----------------------------------------------------------------
 
@@ -195,6 +196,8 @@ class Pipeline:
         self._dns_events(ts, client, server, port, msg, size, transport)
 
     def _dns_events(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
+        if not self.report_lookups:
+            return
         events = self.classifier.classify_dns(  # type: ignore[attr-defined]
             ts, client, server, port, msg, size, self.include_unmatched, transport=transport, include_candidates=True
         )

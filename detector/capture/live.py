@@ -43,7 +43,11 @@ class InterfaceStats:
 BulkFlow = tuple[str, int, str, int]
 
 
-def prefilter(bulk_flows: Iterable[BulkFlow] = (), *, ethernet: bool = True) -> str:
+# The DNS share of traffic, which every fanout worker captures whole (see `prefilter`).
+DNS_TRAFFIC = "udp port 53 or udp port 8053 or tcp port 53"
+
+
+def prefilter(bulk_flows: Iterable[BulkFlow] = (), *, ethernet: bool = True, share: str = "all") -> str:
     """The sensor's own BPF prefilter ("auto"), as a tcpdump expression.
 
     It drops only what is proven useless: the server→client data segments (TCP without
@@ -52,22 +56,33 @@ def prefilter(bulk_flows: Iterable[BulkFlow] = (), *, ethernet: bool = True) -> 
     servers: a new flow to the same (shared, CDN) address is admitted whole until it is
     known not to matter, so no AI flow ever loses a packet to the filter. Names, handshakes,
     uploads, DNS and flow ends are always admitted. An empty list admits everything.
+
+    `share` is a fanout worker's part: "dns" (only DNS) or "not-dns" (all but DNS); "all"
+    otherwise. The whole expression is built here because libpcap's `vlan` keyword shifts
+    the offsets of everything after it: it must come last, once.
     """
     flows = sorted(set(bulk_flows))
-    if not flows:
+    bulk = ""
+    if flows:
+        data = (
+            "((tcp and tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) == 0)"
+            " or (ip and udp and udp[8] & 0x80 == 0)"
+            " or (ip6 and ip6[6] == 17 and ip6[48] & 0x80 == 0))"
+        )
+        each = " or ".join(
+            f"(src host {srv} and src port {sport} and dst host {cli} and dst port {cport})"
+            for srv, sport, cli, cport in flows
+        )
+        bulk = f"({data} and ({each}))"
+    if share == "dns":
+        keep = f"({DNS_TRAFFIC}) and not {bulk}" if bulk else f"({DNS_TRAFFIC})"
+        return f"({keep}) or (vlan and {keep})" if ethernet else keep
+    drop = f"({DNS_TRAFFIC}) or {bulk}" if share == "not-dns" and bulk else f"({DNS_TRAFFIC})" if share == "not-dns" else bulk
+    if not drop:
         return ""
-    data = (
-        "((tcp and tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) == 0)"
-        " or (ip and udp and udp[8] & 0x80 == 0)"
-        " or (ip6 and ip6[6] == 17 and ip6[48] & 0x80 == 0))"
-    )
-    each = " or ".join(
-        f"(src host {srv} and src port {sport} and dst host {cli} and dst port {cport})" for srv, sport, cli, cport in flows
-    )
-    bulk = f"({data} and ({each}))"
     # A filter for another link type than Ethernet must not mention VLAN tags (libpcap
     # rejects the expression), hence `ethernet`.
-    return f"not ({bulk} or (vlan and {bulk}))" if ethernet else f"not {bulk}"
+    return f"not ({drop} or (vlan and {drop}))" if ethernet else f"not ({drop})"
 
 
 def filter_fits(expression: str, linktype: int) -> bool:
@@ -81,9 +96,12 @@ def filter_fits(expression: str, linktype: int) -> bool:
 class LiveInterface:
     """One promiscuous capture handle; `read()` returns a batch of frames."""
 
-    def __init__(self, name: str, *, snaplen: int, promiscuous: bool, buffer_mib: int, bpf: str) -> None:
+    def __init__(
+        self, name: str, *, snaplen: int, promiscuous: bool, buffer_mib: int, bpf: str, share: str = "all"
+    ) -> None:
         self.name = name
         self.bpf = bpf
+        self.share = share  # all | dns | not-dns: a fanout worker's part of the traffic
         self._lock = threading.Lock()
         try:
             cap = pcapy.create(name)
@@ -98,6 +116,8 @@ class LiveInterface:
         if status is not None and status < 0:
             raise CaptureSetupError(_explain(name, _ACTIVATE_ERRORS.get(status, f"pcap_activate failed ({status})")))
         self._cap = cap
+        self._closed = False
+        self._last = InterfaceStats()
         self.linktype = cap.datalink()
         if bpf:
             self.set_filter(bpf)
@@ -129,15 +149,20 @@ class LiveInterface:
         return out
 
     def stats(self) -> InterfaceStats:
-        """Kernel counters: packets received, dropped for lack of buffer, dropped by the NIC."""
-        try:
-            recv, drop, ifdrop = self._cap.stats()
-        except pcapy.PcapError:
-            return InterfaceStats()
-        return InterfaceStats(recv, drop, ifdrop)
+        """Kernel counters: packets received, dropped for lack of buffer, dropped by the NIC
+        (the last ones read, once the handle is closed)."""
+        if not self._closed:
+            try:
+                recv, drop, ifdrop = self._cap.stats()
+                self._last = InterfaceStats(recv, drop, ifdrop)
+            except (pcapy.PcapError, ValueError):
+                pass
+        return self._last
 
     def close(self) -> None:
-        """Release the handle."""
+        """Release the handle (its counters stay readable)."""
+        self.stats()
+        self._closed = True
         self._cap.close()
 
 

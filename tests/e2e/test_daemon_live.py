@@ -91,7 +91,7 @@ def _free_port() -> int:
 class Sensor:
     """`shadowai run` inside the sensor namespace."""
 
-    def __init__(self, veth: dict, workdir: Path, *, bpf: str = "auto", policy: Path | None = None) -> None:
+    def __init__(self, veth: dict, workdir: Path, *, bpf: str = "auto", policy: Path | None = None, workers: int = 1) -> None:
         self.veth, self.workdir = veth, workdir
         self.port = _free_port()
         self.db = workdir / "sensor.duckdb"
@@ -105,7 +105,7 @@ class Sensor:
             f"privacy: {{key_file: {workdir / 'key'}}}\n"
             f"store: {{path: {self.db}, flush_interval: 0.5}}\n"
             f"metrics: {{listen: '127.0.0.1:{self.port}'}}\n"
-            f"capture: {{bpf: '{bpf}'}}\n"
+            f"capture: {{bpf: '{bpf}', workers: {workers}}}\n"
         )
         self.log = open(workdir / "daemon.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -281,6 +281,19 @@ def test_kernel_prefilter_costs_no_event(veth, traffic, tmp_path):
         results[bpf] = (sorted(map(_key, _stored(sensor.db))), packets)
     assert results["auto"][0] == results[""][0]
     assert results["auto"][1] < results[""][1], "the prefilter should keep some packets out of Python"
+
+
+def test_fanout_workers_share_the_interface_and_store_every_event_once(veth, traffic, tmp_path):
+    sensor = Sensor(veth, tmp_path, workers=2)
+    _send(veth, traffic)
+    offline = [e for e in _offline(traffic, tmp_path) if e["service"] or e["kind"] in ("encrypted-dns", "candidate")]
+    lookups = sum(1 for e in offline if e["kind"] == "dns")
+    sensor.wait_for(lambda: sensor.sample("shadowai_ai_dns_lookups_total") >= lookups, "lookups from the workers")
+    assert sensor.sample("shadowai_capture_packets_total") > 0
+    assert sensor.stop() == 0
+    stored = _stored(sensor.db)
+    assert len({e["event_id"] for e in stored}) == len(stored)
+    _same_events(stored, offline)
 
 
 def test_missing_interface_is_a_one_line_error(veth, tmp_path):
