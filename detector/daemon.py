@@ -41,6 +41,8 @@ QUIET_MARGIN_SECONDS = 2.0
 # Flows in the kernel filter's bulk-drop list. A BPF program has at most 4096 instructions;
 # each flow costs about ten, for both the plain and the VLAN branch.
 MAX_FILTER_FLOWS = 160
+# Batches read from each kernel ring at shutdown, at most: what a busy link queued.
+MAX_DRAIN_BATCHES = 1000
 # How often the sensor's own health (drops, blind share) is judged for the SOC.
 HEALTH_SECONDS = 10.0
 # Least time between two filter updates that only add servers (each one recompiles).
@@ -52,23 +54,26 @@ class _Reader(threading.Thread):
 
     def __init__(self, name: str, read: Callable[[], list | None], out: queue.Queue, stop: threading.Event) -> None:
         super().__init__(name=f"capture-{name}", daemon=True)
-        self._read, self._out, self._stop = read, out, stop
+        self._read, self._out, self._halt = read, out, stop
         self.error: str | None = None
+        self.leftover: list = []
         self.finished = threading.Event()
 
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 batch = self._read()
                 if batch is None:
                     break
-                if batch:
-                    while not self._stop.is_set():
-                        try:
-                            self._out.put(batch, timeout=0.2)
-                            break
-                        except queue.Full:
-                            continue
+                while batch:
+                    if self._halt.is_set():
+                        self.leftover = batch  # the main thread takes it at shutdown
+                        break
+                    try:
+                        self._out.put(batch, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
         except Exception as exc:  # noqa: BLE001 - reported by the main loop, never silent
             self.error = f"{self.name}: {exc}"
         finally:
@@ -425,8 +430,10 @@ class Daemon:
 
     def _shutdown(self, finished: bool) -> None:
         self._stop.set()
-        # Drain what the readers already queued, then report every open flow: nothing seen
-        # is lost on SIGTERM.
+        # Drain what the readers already queued and what still waits in the kernel rings,
+        # then report every open flow: nothing captured is lost on SIGTERM.
+        for r in self._readers:
+            r.join(timeout=2.0)
         try:
             while True:
                 batch = self._queue.get_nowait()
@@ -434,6 +441,12 @@ class Daemon:
                     self.pipeline.feed(ts, lt, data)
         except queue.Empty:
             pass
+        for r in self._readers:
+            for ts, lt, data in r.leftover:
+                self.pipeline.feed(ts, lt, data)
+        for iface in self._live:
+            for ts, lt, data in iface.drain(MAX_DRAIN_BATCHES):
+                self.pipeline.feed(ts, lt, data)
         if not finished:
             self.pipeline.finish()
         for closer in reversed(self._closers):

@@ -148,6 +148,21 @@ class LiveInterface:
             out.append((sec + usec * 1e-6, lt, data[off : off + caplen]))
         return out
 
+    def drain(self, max_batches: int) -> list[tuple[float, int, bytes]]:
+        """What is still queued in the kernel ring, without waiting for more (at shutdown,
+        once the reader thread is gone)."""
+        out: list[tuple[float, int, bytes]] = []
+        try:
+            self._cap.setnonblock(1)
+            for _ in range(max_batches):
+                batch = self.read()
+                if not batch:
+                    break
+                out.extend(batch)
+        except (pcapy.PcapError, ValueError):
+            pass
+        return out
+
     def stats(self) -> InterfaceStats:
         """Kernel counters: packets received, dropped for lack of buffer, dropped by the NIC
         (the last ones read, once the handle is closed)."""

@@ -140,6 +140,16 @@ class Sensor:
             raise AssertionError(f"timed out waiting for {what}: {self.output()}")
         return False
 
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait until the daemon has taken everything sent (its packet count stops moving)."""
+        last, deadline = -1.0, time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = self.sample("shadowai_decoded_packets_total")
+            if now == last and now > 0:
+                return
+            last = now
+            time.sleep(1.0)
+
     def signal(self, sig: int) -> None:
         # `ip netns exec` execs the command, so the pid is the daemon's own.
         os.kill(self.proc.pid, sig)
@@ -224,6 +234,7 @@ def test_live_capture_stores_what_offline_analysis_finds_and_metrics_count_it(ve
     sensor.wait_for(lambda: sensor.sample("shadowai_ai_flows_total") > 0, "a finished AI flow in /metrics")
     assert sensor.sample("shadowai_capture_packets_total") > 0
     assert sensor.sample("shadowai_capture_kernel_drops_total") == 0
+    sensor.settle()
     assert sensor.stop() == 0
     _same_events(_stored(sensor.db), offline)
 
@@ -258,7 +269,7 @@ def test_sighup_reloads_policy_and_keeps_old_rules_when_the_new_file_is_broken(v
 def test_sigterm_flushes_open_flows_so_no_event_is_lost(veth, traffic, tmp_path):
     sensor = Sensor(veth, tmp_path)
     _send(veth, traffic)
-    time.sleep(1.0)  # captured, but most flows are still open (idle timeout 120 s)
+    sensor.settle()  # everything captured, but most flows are still open (idle timeout 120 s)
     assert sensor.stop() == 0
     offline = [e for e in _offline(traffic, tmp_path) if e["service"]]
     _same_events([e for e in _stored(sensor.db) if e["service"]], offline)
@@ -275,7 +286,7 @@ def test_kernel_prefilter_costs_no_event(veth, traffic, tmp_path):
         shutil.copy2(key, work / "key")  # the same pseudonyms in both runs
         sensor = Sensor(veth, work, bpf=bpf)
         _send(veth, traffic)
-        time.sleep(1.0)
+        sensor.settle()
         packets = sensor.sample("shadowai_decoded_packets_total")
         assert sensor.stop() == 0
         results[bpf] = (sorted(map(_key, _stored(sensor.db))), packets)
@@ -290,6 +301,7 @@ def test_fanout_workers_share_the_interface_and_store_every_event_once(veth, tra
     lookups = sum(1 for e in offline if e["kind"] == "dns")
     sensor.wait_for(lambda: sensor.sample("shadowai_ai_dns_lookups_total") >= lookups, "lookups from the workers")
     assert sensor.sample("shadowai_capture_packets_total") > 0
+    sensor.settle()
     assert sensor.stop() == 0
     stored = _stored(sensor.db)
     assert len({e["event_id"] for e in stored}) == len(stored)
