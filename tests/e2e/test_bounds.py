@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from e2e_helpers import make_config
 
 from detector import pipeline as pipeline_mod
 from detector.app import build_classifier
@@ -26,7 +27,6 @@ from detector.flows import fragments as fragments_mod
 from detector.model import Stats
 from detector.pipeline import Pipeline
 from detector.synth import builders as b
-from e2e_helpers import make_config
 
 MAX_FLOWS = 1000
 DNS_CACHE_ENTRIES = 1000
@@ -98,7 +98,7 @@ def _flows_per_run(rounds: int) -> int:
 def _pipeline(tmp_path: Path, bound: int | None = None) -> tuple[Pipeline, list[int]]:
     cfg = make_config(tmp_path, max_flows=bound or MAX_FLOWS, dns_cache_entries=bound or DNS_CACHE_ENTRIES)
     classifier = build_classifier(cfg)
-    classifier._pseudonymiser = Pseudonymiser(b"k" * 32, memo_size=bound or PSEUDONYM_MEMO)  # noqa: SLF001
+    classifier._pseudonymiser = Pseudonymiser(b"k" * 32, memo_size=bound or PSEUDONYM_MEMO)
     count = [0]
 
     def emit(_ev: object) -> None:
@@ -113,13 +113,13 @@ def _memos(pipe: Pipeline) -> dict[str, tuple[int, int]]:
     """(size, bound) of every memo the classifier keeps."""
     cls = pipe.classifier
     lrus = {
-        "matcher": cls.catalogue.matcher._cached,  # noqa: SLF001
-        "resolver matcher": cls.catalogue.resolver_matcher._cached,  # noqa: SLF001
-        "candidate": cls._candidate,  # noqa: SLF001
+        "matcher": cls.catalogue.matcher._cached,
+        "resolver matcher": cls.catalogue.resolver_matcher._cached,
+        "candidate": cls._candidate,
     }
     out = {name: (memo.cache_info().currsize, memo.cache_info().maxsize) for name, memo in lrus.items()}
-    pseudonymiser = cls._pseudonymiser  # noqa: SLF001
-    out["pseudonym"] = (len(pseudonymiser._memo), pseudonymiser._memo_size)  # noqa: SLF001
+    pseudonymiser = cls._pseudonymiser
+    out["pseudonym"] = (len(pseudonymiser._memo), pseudonymiser._memo_size)
     return out
 
 
@@ -129,7 +129,7 @@ def _sizes(pipe: Pipeline) -> dict[str, tuple[int, int]]:
         "flow table": (len(pipe.table), pipe.table.max_flows),
         "dns cache": (len(pipe.dnscache), pipe.dnscache.max_entries),
         "fragments": (len(pipe.fragments), fragments_mod.MAX_DATAGRAMS),
-        "pending queries": (len(pipe._queries), pipeline_mod.MAX_PENDING_QUERIES),  # noqa: SLF001
+        "pending queries": (len(pipe._queries), pipeline_mod.MAX_PENDING_QUERIES),
         **_memos(pipe),
     }
 
@@ -166,8 +166,8 @@ def _shrink_memos(pipe: Pipeline, size: int) -> None:
     """Rebuild the classifier's LRU memos with a smaller bound (same functions)."""
     cls = pipe.classifier
     for matcher in (cls.catalogue.matcher, cls.catalogue.resolver_matcher):
-        matcher._cached = functools.lru_cache(maxsize=size)(matcher._lookup)  # noqa: SLF001
-    cls._candidate = functools.lru_cache(maxsize=size)(cls._candidate.__wrapped__)  # noqa: SLF001
+        matcher._cached = functools.lru_cache(maxsize=size)(matcher._lookup)
+    cls._candidate = functools.lru_cache(maxsize=size)(cls._candidate.__wrapped__)
 
 
 def _traced_peak(tmp_path: Path, frames: list[tuple[float, int, bytes]]) -> int:
@@ -223,7 +223,7 @@ def test_rst_flood_keeps_the_closing_queue_within_the_flow_bound(tmp_path: Path)
         pipe.feed(ts, ETH, _eth_ip(server, client, b.TCP_PROTO, b.tcp(server, client, 443, port, 1, 2, 0x14)))
         ts += 1e-4  # 0.5 s of packet time in all: inside the linger
     assert len(pipe.table) <= MAX_FLOWS
-    assert len(pipe.table._closing) <= MAX_FLOWS  # noqa: SLF001
+    assert len(pipe.table._closing) <= MAX_FLOWS
 
 
 @pytest.mark.xfail(strict=True, reason="product bug: FragmentTable keeps every overlapping fragment at its own "
@@ -233,5 +233,5 @@ def test_overlapping_fragments_hold_no_more_than_a_datagram(tmp_path: Path) -> N
     client, server, data = b.ip_bytes("10.0.0.1"), b.ip_bytes("10.0.0.2"), bytes(1400)
     for k in range((fragments_mod.MAX_DATAGRAM_BYTES - len(data)) // 8):  # every 8-byte offset
         pipe.feed(T0, ETH, _eth_ip(client, server, b.UDP_PROTO, data, ident=7, frag=0x2000 | k))
-    held = sum(len(part) for pend in pipe.fragments._pending.values() for part in pend.parts.values())  # noqa: SLF001
+    held = sum(len(part) for pend in pipe.fragments._pending.values() for part in pend.parts.values())
     assert held <= 2 * fragments_mod.MAX_DATAGRAM_BYTES, f"{held} bytes held for one datagram"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
-from _cli import SAMPLE, TRUTH, Daemon, free_port  # noqa: E402
+from _cli import SAMPLE, TRUTH, Daemon, free_port
 
 BASELINE = Path(__file__).resolve().parent / "baselines" / "metrics.txt"
 TRUTH_DATA = json.loads(TRUTH.read_text())
@@ -75,19 +75,27 @@ def _is_address(value: str) -> bool:
 def replayed(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """(metrics text after the replay, exit status on SIGTERM, daemon output)."""
     state = tmp_path_factory.mktemp("golden-metrics")
-    port = free_port()
-    with Daemon("--pcap", SAMPLE, "--metrics-listen", f"127.0.0.1:{port}", "--no-db", "--sensor", "golden",
-                state=state, port=port) as daemon:  # fmt: skip
-        # The replay's end flushes every flow, so the flow counter reaches the truth's count.
-        daemon.wait_for(
-            lambda: (text := daemon.metrics())
-            and daemon.sample("shadowai_decoded_packets_total", text) == TRUTH_DATA["packets"]
-            and daemon.sample("shadowai_flows_total", text) == TRUTH_DATA["flows"],
-            "the replay to be decoded and every flow reported",
-        )
-        text = daemon.metrics()
-        code = daemon.stop(signal.SIGTERM)
-        return text, code, daemon.output()
+    for _attempt in range(3):  # a free port can be taken by another process before the daemon binds it
+        port = free_port()
+        with Daemon("--pcap", SAMPLE, "--metrics-listen", f"127.0.0.1:{port}", "--no-db", "--sensor", "golden",
+                    state=state, port=port) as daemon:  # fmt: skip
+            # The replay's end flushes every flow, so the flow counter reaches the truth's count.
+            try:
+                daemon.wait_for(
+                    lambda: (text := daemon.metrics())
+                    and daemon.sample("shadowai_decoded_packets_total", text) == TRUTH_DATA["packets"]
+                    and daemon.sample("shadowai_flows_total", text) == TRUTH_DATA["flows"],
+                    "the replay to be decoded and every flow reported",
+                    timeout=120,
+                )
+            except AssertionError:
+                if "Address already in use" in daemon.output():
+                    continue
+                raise
+            text = daemon.metrics()
+            code = daemon.stop(signal.SIGTERM)
+            return text, code, daemon.output()
+    raise AssertionError("no free port for the metrics endpoint")
 
 
 def test_metrics_after_replaying_the_sample_match_the_baseline(replayed, update_golden: bool) -> None:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
-from _cli import SAMPLE, Daemon, shadowai  # noqa: E402
+from _cli import SAMPLE, Daemon, shadowai
 
 REPORTS = 5  # reports that find events while the replay is still writing
 REPORT_TIMEOUT = 60.0  # seconds one report may take, lock waits included (a hang fails the test)
