@@ -106,13 +106,14 @@ def analyze(
     try:
         for path in files:
             try:
-                if fast is not None and fastpath.usable(path):
+                try:
+                    if fast is None or not fastpath.usable(path):
+                        raise fastpath.FastPathUnavailable(str(path))
                     fast.analyze(path, pipeline)
                     if bar is not None:
                         bar.update(file_size(path))
-                else:
-                    frames = iter_frames(path, on_warning=warn, progress=bar.update if bar else None)
-                    pipeline.run(frames)
+                except fastpath.FastPathUnavailable:
+                    pipeline.run(iter_frames(path, on_warning=warn, progress=bar.update if bar else None))
                 ok += 1
             except CaptureError as exc:
                 warn(f"error: {exc}")

@@ -353,7 +353,7 @@ class Daemon:
         if self.on_ready is not None:
             self.on_ready()
         watchdog = _watchdog_interval()
-        next_house = time.monotonic()
+        next_house = next_watchdog = time.monotonic()
         replay_done = False
         status = 0
         feed = self.pipeline.feed
@@ -372,8 +372,9 @@ class Daemon:
                 if now >= next_house:
                     next_house = now + HOUSEKEEPING_SECONDS
                     self._housekeeping(live=bool(self._live))
-                    if watchdog:
-                        notify("WATCHDOG=1")
+                if watchdog and now >= next_watchdog:
+                    next_watchdog = now + watchdog
+                    notify("WATCHDOG=1")
                 if self._reload:
                     self._do_reload()
                 if not replay_done and self.replay is not None and self._queue.empty() and all(r.finished.is_set() for r in self._readers):

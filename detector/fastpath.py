@@ -20,6 +20,7 @@ import socket
 from pathlib import Path
 
 from detector.capture.libpcap import fast_path_linktype, feed_partitioned
+from detector.capture.pcapfile import CaptureError
 from detector.config import Config
 from detector.decode.tunnels import UDP_TUNNELS
 from detector.model import DNS_UDP_PORTS, Stats, UsageEvent
@@ -58,10 +59,15 @@ class TwoPass:
             self.discovered.add(socket.inet_pton(socket.AF_INET6 if ":" in ev.server_ip else socket.AF_INET, ev.server_ip))
 
     def analyze(self, path: Path, main: Pipeline) -> None:
-        """Both passes over one file; events come out of `main` as usual."""
-        read, admitted = feed_partitioned(
-            path, self.discovery.feed, flow_heads=FLOW_HEAD_PACKETS, python_udp_ports=PYTHON_UDP_PORTS
-        )
+        """Both passes over one file; events come out of `main` as usual. Raises
+        FastPathUnavailable, before `main` saw anything of the file, when libpcap cannot read
+        the whole file (a truncated capture): the caller reads that one with the full path."""
+        try:
+            read, admitted = feed_partitioned(
+                path, self.discovery.feed, flow_heads=FLOW_HEAD_PACKETS, python_udp_ports=PYTHON_UDP_PORTS
+            )
+        except CaptureError as exc:
+            raise FastPathUnavailable(str(exc)) from None
         self.skipped += read - admitted
         # Flows still open at the end of the file have not been classified yet.
         reportable = self.discovery.reportable
@@ -69,18 +75,35 @@ class TwoPass:
             if flow.inspecting or reportable(flow.name or flow.cache_name, flow.server, flow.sport):
                 self.discovered.add(flow.server)
         v4 = b"".join(a for a in self.discovered if len(a) == 4)
-        feed_partitioned(path, main.feed, addresses=v4 or b"\0\0\0\0", python_udp_ports=PYTHON_UDP_PORTS)
+        # Pass 2 re-reads packets pass 1 counted: its packet, anomaly and coverage counts
+        # are not new.
+        ms = main.stats
+        kept = (ms.packets, ms.bytes, ms.frames_skipped, dict(ms.anomalies))
+        main.count_coverage = False
+        try:
+            feed_partitioned(path, main.feed, addresses=v4 or b"\0\0\0\0", python_udp_ports=PYTHON_UDP_PORTS)
+        finally:
+            main.count_coverage = True
+            ms.packets, ms.bytes, ms.frames_skipped, ms.anomalies = kept
 
     def finish(self, main: Pipeline) -> None:
-        """End of input: the coverage and packet figures are the discovery pass's (it saw
-        every flow), the events and byte counts the main pass's."""
+        """End of input: add what the discovery pass counted (it saw every flow) to the main
+        pipeline's figures; events and byte counts are the main pass's."""
         self.discovery.finish()
+        main.count_coverage = False
         main.finish()
+        main.count_coverage = True
         ms, ds = main.stats, self.stats
-        ms.packets, ms.bytes = ds.packets + self.skipped, ds.bytes
-        ms.flows_total = ds.flows_total
-        ms.flows_named, ms.flows_dns_only = ds.flows_named, ds.flows_dns_only
-        ms.flows_blind = dict(ds.flows_blind)
-        for kind, n in ds.anomalies.items():
-            ms.anomalies[kind] = max(ms.anomalies.get(kind, 0), n)
+        ms.packets += ds.packets + self.skipped
+        ms.bytes += ds.bytes
+        ms.frames_skipped += ds.frames_skipped
+        ms.flows_total += ds.flows_total
+        ms.flows_named += ds.flows_named
+        ms.flows_dns_only += ds.flows_dns_only
+        for table_from, table_to in ((ds.flows_blind, ms.flows_blind), (ds.anomalies, ms.anomalies)):
+            for kind, n in table_from.items():
+                table_to[kind] = table_to.get(kind, 0) + n
 
+
+class FastPathUnavailable(Exception):
+    """libpcap could not read the file to its end; take the full path for it."""

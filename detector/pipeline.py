@@ -91,6 +91,7 @@ class Pipeline:
         self.watch_bulk: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
         self.bulk_ended: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
         self.report_lookups = True  # False in all but one of several capture workers
+        self.count_coverage = True  # False while the fast path re-reads packets already counted
 
     # -- input -----------------------------------------------------------------
 
@@ -360,9 +361,10 @@ class Pipeline:
         stats = self.stats
         if self.bulk_ended is not None:
             self.bulk_ended((rec.server, rec.server_port, rec.client, rec.client_port))
-        stats.flows_total += 1
         ev = self.classifier.classify_flow(rec, self.include_unmatched, include_candidates=True)  # type: ignore[attr-defined]
-        self._coverage(rec, ev)
+        if self.count_coverage:
+            stats.flows_total += 1
+            self._coverage(rec, ev)
         if ev is not None:
             stats.events += 1
             self.emit(ev)

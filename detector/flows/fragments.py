@@ -19,12 +19,13 @@ TIMEOUT_SECONDS = 30.0
 
 
 class _Pending:
-    __slots__ = ("first_ts", "parts", "total")
+    __slots__ = ("first_ts", "parts", "total", "held")
 
     def __init__(self, ts: float) -> None:
         self.first_ts = ts
         self.parts: dict[int, bytes] = {}
         self.total = -1  # known once the last fragment (MF=0) arrived
+        self.held = 0  # bytes stored; overlapping fragments could otherwise hold far more
 
 
 class FragmentTable:
@@ -56,7 +57,14 @@ class FragmentTable:
             return None
         if not frag.more:
             pend.total = end
-        if frag.offset not in pend.parts or len(pend.parts[frag.offset]) < len(frag.data):
+        prev = pend.parts.get(frag.offset)
+        if prev is None or len(prev) < len(frag.data):
+            pend.held += len(frag.data) - (len(prev) if prev else 0)
+            if pend.held > 2 * MAX_DATAGRAM_BYTES:
+                # Only overlapping fragments get here: an attack or a broken stack.
+                del self._pending[key]
+                self.dropped += 1
+                return None
             pend.parts[frag.offset] = frag.data
         if pend.total < 0:
             return None

@@ -204,7 +204,14 @@ class FlowTable:
         else:
             flow.closing |= 1 if up else 2
         if before != flow.closing and (flow.closing & 4 or flow.closing == 3):
-            self._closing.append((ts + self.linger, flow))
+            closing = self._closing
+            closing.append((ts + self.linger, flow))
+            # A scan answered by RSTs closes flows faster than the linger lets them go:
+            # the queue may hold no more than the table, so the oldest ends early.
+            while len(closing) > self.max_flows:
+                _, old = closing.popleft()
+                if self._flows.get(old.fwd) is old:
+                    self._end(old, EndReason.FIN)
 
     def _report_active(self, flow: Flow, ts: float) -> None:
         """Report a long flow's counts so far and start counting afresh."""

@@ -207,11 +207,9 @@ def test_twice_the_flood_does_not_need_twice_the_memory(tmp_path: Path, monkeypa
     assert peak_twice < 1.2 * peak_once, f"peak {peak_once / 1e6:.2f} MB for one flood, {peak_twice / 1e6:.2f} MB for two"
 
 
-# -- known holes: strict xfail, so that the fix turns them into failures to un-mark ------------
+# -- hostile floods ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: FlowTable._closing keeps every RST/FIN flow of the last "
-                   "`linger` seconds, also those the size bound evicted (detector/flows/table.py)")  # fmt: skip
 def test_rst_flood_keeps_the_closing_queue_within_the_flow_bound(tmp_path: Path) -> None:
     """A scan answered by RSTs (any port scan) at line rate: every flow is new and ends at once."""
     pipe, _ = _pipeline(tmp_path)
@@ -226,8 +224,6 @@ def test_rst_flood_keeps_the_closing_queue_within_the_flow_bound(tmp_path: Path)
     assert len(pipe.table._closing) <= MAX_FLOWS
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: FragmentTable keeps every overlapping fragment at its own "
-                   "offset, so one datagram can hold ~170x MAX_DATAGRAM_BYTES (detector/flows/fragments.py)")  # fmt: skip
 def test_overlapping_fragments_hold_no_more_than_a_datagram(tmp_path: Path) -> None:
     pipe, _ = _pipeline(tmp_path)
     client, server, data = b.ip_bytes("10.0.0.1"), b.ip_bytes("10.0.0.2"), bytes(1400)

@@ -24,7 +24,12 @@ def _key(e) -> tuple:
     return (e.event_id, e.kind, e.service, e.server_name, e.evidence, e.client, e.bytes_up, e.bytes_down, e.packets, e.ja4)
 
 
-def _both(path: Path, cfg) -> tuple[list, list]:
+def _coverage(stats: Stats) -> tuple:
+    return (stats.packets, stats.flows_total, stats.flows_named, stats.flows_dns_only, sorted(stats.flows_blind.items()))
+
+
+def _both(path: Path, cfg) -> tuple[tuple, tuple]:
+    """(events, coverage figures) of the full path and of the fast path."""
     classifier = build_classifier(cfg)
     full: list = []
     pipe = Pipeline(cfg, classifier, full.append, Stats())
@@ -35,7 +40,7 @@ def _both(path: Path, cfg) -> tuple[list, list]:
     two = TwoPass(cfg, classifier)
     two.analyze(path, main)
     two.finish(main)
-    return sorted(map(_key, full)), sorted(map(_key, fast))
+    return (sorted(map(_key, full)), _coverage(pipe.stats)), (sorted(map(_key, fast)), _coverage(main.stats))
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +53,8 @@ def test_fast_path_agrees_on_the_projects_own_captures(path: Path, cfg) -> None:
     if not usable(path):
         pytest.skip(f"{path.name}: not a classic pcap; the fast path leaves it to the full reader")
     full, fast = _both(path, cfg)
-    assert fast == full
+    assert fast[0] == full[0]
+    assert fast[1] == full[1], "packets, flows and visibility figures"
 
 
 @pytest.mark.parametrize("path", REAL or [None], ids=[str(p.relative_to(SHARED)) for p in REAL] or ["absent"])
@@ -58,7 +64,7 @@ def test_fast_path_agrees_on_the_real_captures(path: Path | None, cfg) -> None:
     if not usable(path):
         pytest.skip(f"{path.name}: not a classic pcap; the fast path leaves it to the full reader")
     full, fast = _both(path, cfg)
-    assert fast == full
+    assert fast[0] == full[0]
 
 
 def test_fast_path_keeps_most_packets_out_of_python(cfg) -> None:
