@@ -253,7 +253,6 @@ class Daemon:
         self.server.server_close()
 
     def _open_sources(self) -> None:
-        cfg = self.cfg.capture
         for name in self.interfaces:
             self._open_interface(name, share="not-dns" if self.worker else "all")
             if self.worker is not None:

@@ -27,7 +27,6 @@ import gzip
 import heapq
 import json
 import math
-import os
 import re
 import socket
 import zlib
@@ -38,7 +37,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
 
-from detector.capture.pcapfile import CaptureError
 from detector.model import Anomaly, DNS_UDP_PORTS, DnsMessage, ECH_PUBLIC_NAMES, EndReason, Evidence, FlowRecord, Stats, TCP, UDP
 
 # Seconds an item waits in the reorder heap after the newest row read: Zeek and Suricata write
@@ -530,25 +528,6 @@ def joined(rows: Iterable[Row], joiner: Joiner) -> Iterator[LogItem]:
         if heap and (heap[0][0] <= joiner.now - window or len(heap) > bound):
             yield from joiner.ready()
     yield from joiner.drain()
-
-
-def expand(paths: Sequence[Path], wanted: Callable[[Path], bool]) -> list[Path]:
-    """Files as given; directories replaced by the files under them (recursively, so that a log
-    root with one folder per day is one input) that `wanted` accepts, sorted. Hidden files and
-    folders are passed over. Raises CaptureError for a path that does not exist."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = []
-            for root, dirs, files in os.walk(p):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                found += [Path(root, f) for f in files if not f.startswith(".") and wanted(Path(root, f))]
-            out.extend(sorted(found))
-        elif p.exists():
-            out.append(p)
-        else:
-            raise CaptureError(f"{p}: no such file or directory")
-    return out
 
 
 # ---------------------------------------------------------------------------

@@ -117,23 +117,23 @@ def file_size(path: Path) -> int:
         raise CaptureError(f"{path}: {e.strerror or e}") from None
 
 
-def expand_paths(paths: Sequence[Path]) -> list[Path]:
-    """Files as given; directories replaced by the capture files under them, recursively, sorted.
+def expand_paths(paths: Sequence[Path], wanted: Callable[[Path], bool] | None = None) -> list[Path]:
+    """Files as given; directories replaced by the files under them that `wanted` accepts,
+    recursively (a log root with one folder per day is one input), sorted; hidden files and
+    folders are passed over.
 
-    In a directory a file counts as a capture if its name ends in one of CAPTURE_SUFFIXES, or if
+    By default a file counts if it is a capture: its name ends in one of CAPTURE_SUFFIXES, or
     it has no suffix at all and its magic number (after gzip, if gzipped) is pcap or pcapng.
     Raises CaptureError for a path that does not exist.
     """
+    accept = wanted or _looks_like_capture
     out: list[Path] = []
-    for p in paths:
-        p = Path(p)
+    for p in map(Path, paths):
         if p.is_dir():
-            found = [
-                Path(root, name)
-                for root, _dirs, files in os.walk(p)
-                for name in files
-                if _looks_like_capture(Path(root, name))
-            ]
+            found = []
+            for root, dirs, files in os.walk(p):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                found += [Path(root, f) for f in files if not f.startswith(".") and accept(Path(root, f))]
             out.extend(sorted(found))
         elif p.exists():
             out.append(p)

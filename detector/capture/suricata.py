@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.capture import logjoin as lj
+from detector.capture.pcapfile import expand_paths
 from detector.capture.logjoin import DnsItem, FlowItem, LogItem, detect_format, feed
 from detector.model import SYN, TCP, UDP, Anomaly, DnsAnswer, DnsMessage, EndReason, FlowRecord, Stats
 
@@ -320,7 +321,7 @@ def iter_records(
     another). Counts files and anomalies into `stats`. Raises CaptureError here, before anything
     is read, for a path that does not exist; never raises afterwards.
     """
-    files = lj.expand(paths, is_eve_log)
+    files = expand_paths(paths, is_eve_log)
     stats = stats if stats is not None else Stats()
     parse = functools.partial(parse_eve, link_header_len=link_header_len)
     streams = [lj.file_rows(f, PREFIX, stats, parse) for f in files]

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.capture import logjoin as lj
+from detector.capture.pcapfile import expand_paths
 from detector.capture.logjoin import DnsItem, FlowItem, LogItem, detect_format, feed
 from detector.model import TCP, UDP, Anomaly, DnsAnswer, DnsMessage, EndReason, FlowRecord, Stats
 
@@ -389,7 +390,7 @@ def iter_records(
     the logs side by side. Counts files and anomalies into `stats`. Raises CaptureError here, before
     anything is read, for a path that does not exist; never raises afterwards.
     """
-    files = lj.expand(paths, is_zeek_log)
+    files = expand_paths(paths, is_zeek_log)
     return _records(files, stats if stats is not None else Stats(), window, max_names)
 
 
