@@ -40,8 +40,18 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/live.py` as well as `python -m benchmarks.live`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.mix import ROOT, Mix, MixParams, ensure_mix, iso_seconds, load_matcher, machine
-from benchmarks.mix import record_time, result_path, truth_records
+from benchmarks.mix import (
+    ROOT,
+    Mix,
+    MixParams,
+    ensure_mix,
+    iso_seconds,
+    load_matcher,
+    machine,
+    record_time,
+    result_path,
+    truth_records,
+)
 
 RATES_MBPS = (100, 200, 400, 700, 1000, 1500)
 LIVE_PACKETS = 5_000_000  # ~3.7 GB: 30 s at 1 Gbit/s, so even the fast steps outlast the ring
@@ -149,7 +159,7 @@ class Veth:
         self.cap, self.inj = f"saibcap{tag}"[:15], f"saibinj{tag}"[:15]
         try:
             for ns in (self.sensor, self.office):
-                r = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True)
+                r = subprocess.run(["ip", "netns", "add", ns], check=False, capture_output=True, text=True)
                 if r.returncode:
                     raise NamespaceError(f"cannot create a network namespace here: {r.stderr.strip()}")
             subprocess.run(["ip", "link", "add", self.cap, "mtu", str(mtu), "netns", self.sensor, "type", "veth",
@@ -172,7 +182,7 @@ class Veth:
     def close(self) -> None:
         """Delete both namespaces (the veth pair goes with them)."""
         for ns in (self.sensor, self.office):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
 
 
 class Daemon:
@@ -207,7 +217,7 @@ class Daemon:
         code = (f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', "
                 f"timeout=5).read().decode())")  # fmt: skip
         r = subprocess.run(["ip", "netns", "exec", self.veth.sensor, sys.executable, "-c", code],
-                           capture_output=True, text=True)  # fmt: skip
+                           check=False, capture_output=True, text=True)  # fmt: skip
         return r.stdout if r.returncode == 0 else ""
 
     def stop(self) -> None:
@@ -229,12 +239,14 @@ class Daemon:
 
 def supports_workers() -> bool:
     """Whether `shadowai run` has --workers in this checkout."""
-    r = subprocess.run([sys.executable, "-m", "detector", "run", "--help"], cwd=ROOT, capture_output=True, text=True)
+    argv = [sys.executable, "-m", "detector", "run", "--help"]
+    r = subprocess.run(argv, cwd=ROOT, check=False, capture_output=True, text=True)
     return "--workers" in r.stdout
 
 
-def run_step(veth: Veth, mix: Mix, rate: int, want: Expectation, workers: int | None, seconds: float,
-             workdir: Path) -> Step:
+def run_step(
+    veth: Veth, mix: Mix, rate: int, want: Expectation, workers: int | None, seconds: float, workdir: Path
+) -> Step:
     """One rate: fresh daemon, send `seconds` worth of the mix, wait until its flows are
     reported, read /metrics."""
     total = mix.info["packets"]
@@ -266,19 +278,23 @@ def run_step(veth: Veth, mix: Mix, rate: int, want: Expectation, workers: int | 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run every rate, print the table and the verdict, write the JSON file."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.live", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.live", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rates", default=",".join(map(str, RATES_MBPS)), help="Mbit/s to request, comma-separated")
     p.add_argument("--packets", type=int, default=LIVE_PACKETS, help=f"size of the mix ({LIVE_PACKETS:,})")
     p.add_argument("--seconds", type=float, default=STEP_S, help=f"traffic per step at its rate ({STEP_S:g} s)")
     p.add_argument("--clients", type=int, default=6000)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--workers", default="auto",
-                   help="--workers for shadowai run: a number, or auto (the core count when the option exists)")
+    p.add_argument(
+        "--workers",
+        default="auto",
+        help="--workers for shadowai run: a number, or auto (the core count when the option exists)",
+    )
     p.add_argument("--data-dir", type=Path, default=ROOT / "benchmarks" / "data", help="where mixes are cached")
     p.add_argument("--json", type=Path, help="result file (default benchmarks/results/<date>-live.json)")
     a = p.parse_args(argv)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
 
     if reason := why_not():
         print(f"live benchmark skipped: {reason}", file=sys.stderr)
@@ -302,25 +318,38 @@ def main(argv: list[str] | None = None) -> int:
         matcher = load_matcher()
         want = Expectation(sorted(iso_seconds(r["ts"]) for r in truth_records(mix.truth)
                                   if r["kind"] == "flow" and r["name"] and matcher.match(r["name"])))  # fmt: skip
-        log(f"live: {mix.info['packets']:,} packets / {mix.info['bytes'] / 1e6:.0f} MB, {len(want.starts)} AI flows, "
+        log(
+            f"live: {mix.info['packets']:,} packets / {mix.info['bytes'] / 1e6:.0f} MB, {len(want.starts)} AI flows, "
             f"rates {rates} Mbit/s for up to {a.seconds:g} s each, "
-            f"workers {workers if has_workers else '(no --workers option)'}, load {load_before['load_avg']}")
+            f"workers {workers if has_workers else '(no --workers option)'}, load {load_before['load_avg']}"
+        )
         steps: list[Step] = []
         for rate in rates:
             step = run_step(veth, mix, rate, want, workers, a.seconds, work)
             steps.append(step)
-            log(f"  {rate:>5} Mbit/s requested: {step.achieved_mbps:8.1f} achieved, {step.captured:,} captured, "
+            log(
+                f"  {rate:>5} Mbit/s requested: {step.achieved_mbps:8.1f} achieved, {step.captured:,} captured, "
                 f"{step.kernel_drops:,} kernel drops, AI flows {step.ai_flows}/{step.expected_ai_flows} "
-                f"{'ok' if step.ok else 'FAIL'} (load {step.load_avg})")
+                f"{'ok' if step.ok else 'FAIL'} (load {step.load_avg})"
+            )
     finally:
         veth.close()
         shutil.rmtree(work, ignore_errors=True)
     load_after = machine()
     _print(steps, mix.info, len(want.starts), workers, load_before, load_after)
     best = max((s for s in steps if s.ok), key=lambda s: s.achieved_mbps, default=None)
-    doc = {"kind": "live", "started_load": load_before, "finished_load": load_after, "mix": mix.info,
-           "workers": workers, "idle_timeout_s": IDLE_TIMEOUT_S, "step_s": a.seconds, "ai_flows_in_mix": len(want.starts),
-           "steps": [asdict(s) for s in steps], "best": asdict(best) if best else None}  # fmt: skip
+    doc = {
+        "kind": "live",
+        "started_load": load_before,
+        "finished_load": load_after,
+        "mix": mix.info,
+        "workers": workers,
+        "idle_timeout_s": IDLE_TIMEOUT_S,
+        "step_s": a.seconds,
+        "ai_flows_in_mix": len(want.starts),
+        "steps": [asdict(s) for s in steps],
+        "best": asdict(best) if best else None,
+    }
     out = a.json or result_path("live")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
@@ -328,26 +357,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _print(steps: list[Step], info: dict[str, Any], in_mix: int, workers: int | None,
-           before: dict[str, Any], after: dict[str, Any]) -> None:
+def _print(
+    steps: list[Step],
+    info: dict[str, Any],
+    in_mix: int,
+    workers: int | None,
+    before: dict[str, Any],
+    after: dict[str, Any],
+) -> None:
     print(f"\nmix: {info['packets']:,} packets / {info['bytes'] / 1e6:.0f} MB, {in_mix} AI flows; "
-          f"daemon workers: {workers or 1}; machine: {before['cpus']} cores, load average {before['load_avg']} "
-          f"before, {after['load_avg']} after\n")  # fmt: skip
-    print("| requested Mbit/s | achieved Mbit/s | packets/s | seconds | sent | captured | kernel drops "
-          "| AI flows (expected) | result |")
+          f"daemon workers: {workers or 1}; checkout {before['checkout']}; {before['cpus']} cores, "
+          f"load average {before['load_avg']} before, {after['load_avg']} after\n")  # fmt: skip
+    print(
+        "| requested Mbit/s | achieved Mbit/s | packets/s | seconds | sent | captured | kernel drops "
+        "| AI flows (expected) | result |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for s in steps:
         top = s.expected_ai_flows + s.borderline_ai_flows
         expected = f"{s.expected_ai_flows}" + (f"-{top}" if top > s.expected_ai_flows else "")
-        print(f"| {s.requested_mbps} | {s.achieved_mbps:.1f} | {s.pps:,.0f} | {s.seconds:.1f} | {s.sent:,} | "
-              f"{s.captured:,} | {s.kernel_drops:,} | {s.ai_flows} of {expected} | {'ok' if s.ok else 'FAIL'} |")
+        print(
+            f"| {s.requested_mbps} | {s.achieved_mbps:.1f} | {s.pps:,.0f} | {s.seconds:.1f} | {s.sent:,} | "
+            f"{s.captured:,} | {s.kernel_drops:,} | {s.ai_flows} of {expected} | {'ok' if s.ok else 'FAIL'} |"
+        )
     ok = [s for s in steps if s.ok]
     if ok:
         best = max(ok, key=lambda s: s.achieved_mbps)
         first_fail = next((s for s in steps if not s.ok), None)
-        print(f"\nhighest rate with zero kernel drops and zero missed AI flows: {best.achieved_mbps:.0f} Mbit/s "
-              f"achieved ({best.requested_mbps} requested, {best.pps:,.0f} packets/s for {best.seconds:.1f} s)"
-              + (f"; first failing step: {first_fail.requested_mbps} Mbit/s requested" if first_fail else ""))
+        print(
+            f"\nhighest rate with zero kernel drops and zero missed AI flows: {best.achieved_mbps:.0f} Mbit/s "
+            f"achieved ({best.requested_mbps} requested, {best.pps:,.0f} packets/s for {best.seconds:.1f} s)"
+            + (f"; first failing step: {first_fail.requested_mbps} Mbit/s requested" if first_fail else "")
+        )
     else:
         print("\nno rate passed (kernel drops or missed AI flows at every step)")
 

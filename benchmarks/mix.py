@@ -20,6 +20,7 @@ import ipaddress
 import json
 import os
 import struct
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -77,10 +78,12 @@ class MixParams:
         """The nearest `python -m detector.synth office` command (it has no --max-flow-bytes)."""
         k = self.generator_kwargs()
         snap = f" --snap-bulk {k['snap_bulk']}" if k["snap_bulk"] is not None else ""
-        return (f"python -m detector.synth office {out} --clients {k['clients']} --duration {k['duration_s']:g} "
-                f"--rate {k['flows_per_client_per_minute']:g} --ai-share {k['ai_share']:g} --seed {k['seed']} "
-                f"--large-upload {k['large_upload_bytes']}{snap} --truth {Path(out).stem}.truth.jsonl "
-                f"(+ generate_office(max_flow_bytes={k['max_flow_bytes']}))")
+        return (
+            f"python -m detector.synth office {out} --clients {k['clients']} --duration {k['duration_s']:g} "
+            f"--rate {k['flows_per_client_per_minute']:g} --ai-share {k['ai_share']:g} --seed {k['seed']} "
+            f"--large-upload {k['large_upload_bytes']}{snap} --truth {Path(out).stem}.truth.jsonl "
+            f"(+ generate_office(max_flow_bytes={k['max_flow_bytes']}))"
+        )
 
     def stem(self) -> str:
         """File name stem: readable parameters plus a hash of the arguments and the generator code."""
@@ -112,14 +115,24 @@ def ensure_mix(params: MixParams, data_dir: Path = DATA_DIR, log: Callable[[str]
     log(f"mix: generating {params.packets:,} packets ({params.command()}) ...")
     tmp_pcap, tmp_truth = data_dir / f"{stem}.part.pcap", data_dir / f"{stem}.part.truth.jsonl"
     t0 = time.perf_counter()
-    summary = generate_office(tmp_pcap, truth=tmp_truth, **params.generator_kwargs(),
-                              progress=lambda n: log(f"mix:   {n:,} packets") if n % (1 << 19) == 0 else None)
+    summary = generate_office(
+        tmp_pcap,
+        truth=tmp_truth,
+        **params.generator_kwargs(),
+        progress=lambda n: log(f"mix:   {n:,} packets") if n % (1 << 19) == 0 else None,
+    )
     generated = time.perf_counter() - t0
     info = {
-        "params": asdict(params), "generator": params.generator_kwargs(), "command": params.command(pcap.name),
-        "generated_in_s": round(generated, 1), "packets": summary.packets, "bytes": summary.bytes,
-        "wire_bytes": summary.wire_bytes, "seconds_of_traffic": round(summary.last_ts - summary.first_ts, 1),
-        **scan_capture(tmp_pcap), **truth_figures(tmp_truth),
+        "params": asdict(params),
+        "generator": params.generator_kwargs(),
+        "command": params.command(pcap.name),
+        "generated_in_s": round(generated, 1),
+        "packets": summary.packets,
+        "bytes": summary.bytes,
+        "wire_bytes": summary.wire_bytes,
+        "seconds_of_traffic": round(summary.last_ts - summary.first_ts, 1),
+        **scan_capture(tmp_pcap),
+        **truth_figures(tmp_truth),
     }
     tmp_truth.rename(truth)
     tmp_pcap.rename(pcap)
@@ -271,13 +284,20 @@ def record_time(path: Path, n: int) -> float:
 
 def iso_seconds(text: str) -> float:
     """A truth manifest's ISO 8601 UTC time ("...Z") as POSIX seconds."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(text).timestamp()
 
 
 def machine() -> dict[str, Any]:
-    """What else the machine was doing: load averages and core count, for the result file."""
+    """What was measured and what else the machine was doing: the checkout (commit, "-dirty"
+    with uncommitted changes), load averages and core count, for the result file."""
     one, five, fifteen = os.getloadavg()
-    return {"load_avg": [round(one, 2), round(five, 2), round(fifteen, 2)], "cpus": os.cpu_count()}
+    git = ["git", "describe", "--always", "--dirty"]
+    r = subprocess.run(git, cwd=ROOT, check=False, capture_output=True, text=True)
+    return {
+        "checkout": r.stdout.strip() or "unknown",
+        "load_avg": [round(one, 2), round(five, 2), round(fifteen, 2)],
+        "cpus": os.cpu_count(),
+    }
 
 
 def result_path(kind: str, results_dir: Path = RESULTS_DIR) -> Path:

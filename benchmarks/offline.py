@@ -183,7 +183,7 @@ def run_tools(tools: list[Tool], pcap: Path, scratch: Path, repeat: int, log: Ca
     """Each tool `repeat` times, rotating the order so no tool always runs first (cold cache)
     or last; the first run's output of each is kept in scratch/<tool>/ for the AI check."""
     for i in range(repeat):
-        for tool in tools[i % len(tools):] + tools[: i % len(tools)]:
+        for tool in tools[i % len(tools) :] + tools[: i % len(tools)]:
             d = scratch / tool.name
             d.mkdir(exist_ok=True)
             keep = not tool.runs
@@ -192,8 +192,10 @@ def run_tools(tools: list[Tool], pcap: Path, scratch: Path, repeat: int, log: Ca
             if not keep:
                 out.unlink(missing_ok=True)
             tool.runs.append(run)
-            log(f"  run {i + 1}/{repeat} {tool.name:<10} {run.wall_s:7.1f} s  {human_bytes(run.max_rss_kib * 1024):>7}"
-                f"{'' if run.returncode == 0 else f'  exit {run.returncode}'}  (load {os.getloadavg()[0]:.2f})")
+            log(
+                f"  run {i + 1}/{repeat} {tool.name:<10} {run.wall_s:7.1f} s  {human_bytes(run.max_rss_kib * 1024):>7}"
+                f"{'' if run.returncode == 0 else f'  exit {run.returncode}'}  (load {os.getloadavg()[0]:.2f})"
+            )
 
 
 def median_run(runs: list[Run]) -> tuple[float, float]:
@@ -205,8 +207,9 @@ def row_for(tool: Tool, packets: int, ref_wall: float, agreement: Agreement | No
     """One line of the table and of the JSON file."""
     wall, rss = median_run(tool.runs)
     return {
-        "tool": tool.name, "label": tool.label, "wall_s": round(wall, 2), "wall_runs_s": [round(r.wall_s, 2) for r in tool.runs],
-        "peak_rss_bytes": int(rss), "packets_per_s": round(packets / wall), "shadowai_time_ratio": round(ref_wall / wall, 3),
+        "tool": tool.name, "label": tool.label, "wall_s": round(wall, 2),
+        "wall_runs_s": [round(r.wall_s, 2) for r in tool.runs], "peak_rss_bytes": int(rss),
+        "packets_per_s": round(packets / wall), "shadowai_time_ratio": round(ref_wall / wall, 3),
         "exit_codes": sorted({r.returncode for r in tool.runs}),
         "ai_flows_found": agreement.found if agreement else None,
         "ai_flows_expected": agreement.expected if agreement else None,
@@ -235,18 +238,27 @@ def print_table(rows: list[dict[str, Any]], repeat: int, expected: int) -> None:
 def report_differences(name: str, a: Agreement, truth: dict[FlowKey, dict[str, Any]], note: str) -> dict[str, Any]:
     """Print what a tool missed or added; return it for the JSON file."""
     by = missed_by_evidence(a.missed, truth)
-    print(f"{name}: found {a.found:,}/{a.expected:,} of the truth's AI flows"
-          + (f"; missed {len(a.missed)} ({', '.join(f'{k} {v}' for k, v in by.items())})" if a.missed else "")
-          + (f"; {len(a.extra)} AI flows not in the truth" if a.extra else "") + (f"; {note}" if note else ""))
+    print(
+        f"{name}: found {a.found:,}/{a.expected:,} of the truth's AI flows"
+        + (f"; missed {len(a.missed)} ({', '.join(f'{k} {v}' for k, v in by.items())})" if a.missed else "")
+        + (f"; {len(a.extra)} AI flows not in the truth" if a.extra else "")
+        + (f"; {note}" if note else "")
+    )
     for k in a.missed[:SHOW_DIFFERENCES]:
         print(f"    missed {k[0]} -> {k[1]}:{k[2]} {k[3]} ({truth[k]['evidence']}, {truth[k]['transport']})")
     for k in a.extra[:SHOW_DIFFERENCES]:
         print(f"    extra  {k[0]} -> {k[1]}:{k[2]} {k[3]}")
-    return {"missed": [list(k) for k in a.missed], "missed_by_evidence": by, "extra": [list(k) for k in a.extra],
-            "note": note}
+    return {
+        "missed": [list(k) for k in a.missed],
+        "missed_by_evidence": by,
+        "extra": [list(k) for k in a.extra],
+        "note": note,
+    }
 
 
-def growth(tool: Tool, full: Path, packets: int, scratch: Path, repeat: int, log: Callable[[str], None]) -> dict[str, Any]:
+def growth(
+    tool: Tool, full: Path, packets: int, scratch: Path, repeat: int, log: Callable[[str], None]
+) -> dict[str, Any]:
     """shadowai on the first half of the capture: time should halve, peak memory stay put."""
     half = scratch / "half.pcap"
     n = prefix_capture(full, half, packets // 2)
@@ -260,15 +272,19 @@ def growth(tool: Tool, full: Path, packets: int, scratch: Path, repeat: int, log
     half.unlink()
     hw, hr = median_run(runs)
     fw, fr = median_run(tool.runs)
-    return {"half": {"packets": n, "wall_s": round(hw, 2), "peak_rss_bytes": int(hr)},
-            "full": {"packets": packets, "wall_s": round(fw, 2), "peak_rss_bytes": int(fr)},
-            "time_ratio_full_to_half": round(fw / hw, 3), "rss_ratio_full_to_half": round(fr / hr, 3)}
+    return {
+        "half": {"packets": n, "wall_s": round(hw, 2), "peak_rss_bytes": int(hr)},
+        "full": {"packets": packets, "wall_s": round(fw, 2), "peak_rss_bytes": int(fr)},
+        "time_ratio_full_to_half": round(fw / hw, 3),
+        "rss_ratio_full_to_half": round(fr / hr, 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the benchmark, print the table, write the JSON file."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.offline", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.offline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--packets", type=int, default=2_000_000, help="size of the mix (default 2,000,000)")
     p.add_argument("--clients", type=int, default=6000, help="workstations in the mix (default 6000)")
     p.add_argument("--seed", type=int, default=1)
@@ -280,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=ROOT / "benchmarks" / "data", help="where mixes are cached")
     p.add_argument("--json", type=Path, help="result file (default benchmarks/results/<date>-offline.json)")
     a = p.parse_args(argv)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
 
     load_before = machine()
     mix = ensure_mix(MixParams(packets=a.packets, clients=a.clients, seed=a.seed), a.data_dir, log)
@@ -294,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
             if shutil.which(exe):
                 tools.append(make())
             else:
-                skipped[exe] = f"{exe} not found (Debian: apt-get install {'tshark' if exe == 'tshark' else 'libndpi-bin'})"
+                skipped[exe] = (
+                    f"{exe} not found (Debian: apt-get install {'tshark' if exe == 'tshark' else 'libndpi-bin'})"
+                )
                 log(f"skipping {exe}: {skipped[exe]}")
     scratch = Path(tempfile.mkdtemp(prefix="shadowai-bench-", dir=a.data_dir))
     try:
@@ -317,9 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         differences = {name: report_differences(name, ag, truth, note) for name, (ag, note) in diffs.items()}
         if grown:
             h, f = grown["half"], grown["full"]
-            print(f"\ngrowth: {h['packets']:,} packets {h['wall_s']:.1f} s {human_bytes(h['peak_rss_bytes'])} -> "
-                  f"{f['packets']:,} packets {f['wall_s']:.1f} s {human_bytes(f['peak_rss_bytes'])}: "
-                  f"time x{grown['time_ratio_full_to_half']:.2f}, peak memory x{grown['rss_ratio_full_to_half']:.2f}")
+            print(
+                f"\ngrowth: {h['packets']:,} packets {h['wall_s']:.1f} s {human_bytes(h['peak_rss_bytes'])} -> "
+                f"{f['packets']:,} packets {f['wall_s']:.1f} s {human_bytes(f['peak_rss_bytes'])}: "
+                f"time x{grown['time_ratio_full_to_half']:.2f}, peak memory x{grown['rss_ratio_full_to_half']:.2f}"
+            )
         doc = {
             "kind": "offline", "started_load": load_before, "finished_load": load_after, "mix": mix.info,
             "mix_file": str(mix.pcap), "repeat": a.repeat, "shadowai_args": a.shadowai_args,
@@ -340,13 +360,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_mix(info: dict[str, Any], ai_keys: int, before: dict[str, Any], after: dict[str, Any]) -> None:
-    print(f"mix: {info['packets']:,} packets / {human_bytes(info['bytes'])} ({info['seconds_of_traffic']:.0f} s of traffic): "
+    print(f"mix: {info['packets']:,} packets / {human_bytes(info['bytes'])} "
+          f"({info['seconds_of_traffic']:.0f} s of traffic): "
           f"{info['tls_flows']:,} TLS flows, {info['quic_flows']:,} QUIC flows, {info['http_flows']} HTTP flows, "
           f"{info['dns_packets']:,} DNS packets, {info['split_client_hellos']:,} of {info['tcp_client_hellos']:,} "
           f"ClientHellos split over segments, {info['ai_flows']:,} AI flows "
           f"({ai_keys:,} distinct client/server/port/name)")  # fmt: skip
     print(f"     {info['command']}")
-    print(f"machine: {before['cpus']} cores, load average {before['load_avg']} before, {after['load_avg']} after")
+    print(
+        f"checkout {before['checkout']}; machine: {before['cpus']} cores, load average {before['load_avg']} before, "
+        f"{after['load_avg']} after"
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,10 @@ from detector.model import Stats, UsageEvent
 from detector.pipeline import Pipeline
 from detector.sinks.output import CsvSink, JsonlSink, SummarySink, render_coverage
 from detector.sinks.store import RunInfo, Store
+
+# Processes one capture file is split over on the fast path (a power of two: the share of
+# a flow is a bit of its address hash). Two: the machines this runs on have two cores.
+SHARES = 2
 
 # Events handed to the database per transaction during `analyze`.
 STORE_BATCH = 20_000
@@ -103,13 +108,22 @@ def analyze(
     fast = None
     if engine == "fast" or (engine == "auto" and not include_all and files and all(map(fastpath.usable, files))):
         fast = fastpath.TwoPass(cfg, classifier)
+    # One file's flows can be split over the cores; several files share flows (a rotated
+    # capture), so they go through one process in order.
+    shares = SHARES if fast is not None and len(files) == 1 and not logs and (os.cpu_count() or 1) >= SHARES else 0
     try:
         for path in files:
             try:
                 try:
                     if fast is None or not fastpath.usable(path):
                         raise fastpath.FastPathUnavailable(str(path))
-                    fast.analyze(path, pipeline)
+                    if shares:
+                        events, counted = fastpath.analyze_shared(path, cfg, classifier, shares)
+                        for ev in events:
+                            emit(ev)
+                        fastpath.add_stats(stats, counted)
+                    else:
+                        fast.analyze(path, pipeline)
                     if bar is not None:
                         bar.update(file_size(path))
                 except fastpath.FastPathUnavailable:
@@ -127,7 +141,7 @@ def analyze(
                 failed += 1
             else:
                 ok += 1
-        if fast is not None:
+        if fast is not None and not shares:
             fast.finish(pipeline)
         else:
             pipeline.finish()

@@ -16,6 +16,7 @@ reached Python.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from pathlib import Path
 
@@ -58,13 +59,13 @@ class TwoPass:
         if ev.kind != "dns" and ev.server_ip:
             self.discovered.add(socket.inet_pton(socket.AF_INET6 if ":" in ev.server_ip else socket.AF_INET, ev.server_ip))
 
-    def analyze(self, path: Path, main: Pipeline) -> None:
+    def analyze(self, path: Path, main: Pipeline, part: tuple[int, int] | None = None) -> None:
         """Both passes over one file; events come out of `main` as usual. Raises
         FastPathUnavailable, before `main` saw anything of the file, when libpcap cannot read
         the whole file (a truncated capture): the caller reads that one with the full path."""
         try:
             read, admitted = feed_partitioned(
-                path, self.discovery.feed, flow_heads=FLOW_HEAD_PACKETS, python_udp_ports=PYTHON_UDP_PORTS
+                path, self.discovery.feed, flow_heads=FLOW_HEAD_PACKETS, python_udp_ports=PYTHON_UDP_PORTS, part=part
             )
         except CaptureError as exc:
             raise FastPathUnavailable(str(exc)) from None
@@ -78,13 +79,15 @@ class TwoPass:
         # Pass 2 re-reads packets pass 1 counted: its packet, anomaly and coverage counts
         # are not new.
         ms = main.stats
-        kept = (ms.packets, ms.bytes, ms.frames_skipped, dict(ms.anomalies))
+        kept = (ms.packets, ms.bytes, ms.frames_skipped, ms.dns_datagrams, dict(ms.anomalies))
         main.count_coverage = False
         try:
-            feed_partitioned(path, main.feed, addresses=v4 or b"\0\0\0\0", python_udp_ports=PYTHON_UDP_PORTS)
+            feed_partitioned(
+                path, main.feed, addresses=v4 or b"\0\0\0\0", python_udp_ports=PYTHON_UDP_PORTS, part=part
+            )
         finally:
             main.count_coverage = True
-            ms.packets, ms.bytes, ms.frames_skipped, ms.anomalies = kept
+            ms.packets, ms.bytes, ms.frames_skipped, ms.dns_datagrams, ms.anomalies = kept
 
     def finish(self, main: Pipeline) -> None:
         """End of input: add what the discovery pass counted (it saw every flow) to the main
@@ -93,17 +96,73 @@ class TwoPass:
         main.count_coverage = False
         main.finish()
         main.count_coverage = True
-        ms, ds = main.stats, self.stats
-        ms.packets += ds.packets + self.skipped
-        ms.bytes += ds.bytes
-        ms.frames_skipped += ds.frames_skipped
-        ms.flows_total += ds.flows_total
-        ms.flows_named += ds.flows_named
-        ms.flows_dns_only += ds.flows_dns_only
-        for table_from, table_to in ((ds.flows_blind, ms.flows_blind), (ds.anomalies, ms.anomalies)):
-            for kind, n in table_from.items():
-                table_to[kind] = table_to.get(kind, 0) + n
+        ds = self.stats
+        ds.packets += self.skipped
+        # The main pass's events and flows are its own; everything counted per packet or
+        # per flow seen is the discovery pass's.
+        ds.events = ds.flows_evicted = ds.reassembly_overflows = ds.dns_cache_evictions = 0
+        ds.files_read = ds.files_failed = 0
+        add_stats(main.stats, ds)
 
 
 class FastPathUnavailable(Exception):
     """libpcap could not read the file to its end; take the full path for it."""
+
+
+# -- both cores: one file's flows in shares, one process per share ------------------------------
+
+# What forked share processes inherit instead of receiving it pickled (a classifier holds
+# compiled patterns and caches): set just before the pool starts.
+_SHARED: tuple[Config, object] | None = None
+
+
+def _share(args: tuple[Path, int, int]) -> tuple[list[UsageEvent], Stats]:
+    path, k, n = args
+    cfg, classifier = _SHARED  # type: ignore[misc]
+    events: list[UsageEvent] = []
+    main = Pipeline(cfg, classifier, events.append, Stats())
+    # Every share sees all DNS (for its cache); share 0 reports the lookups.
+    main.report_lookups = k == 0
+    two = TwoPass(cfg, classifier)
+    two.discovery.report_lookups = False
+    two.analyze(path, main, part=(k, n))
+    two.finish(main)
+    return events, main.stats
+
+
+def analyze_shared(path: Path, cfg: Config, classifier: object, shares: int) -> tuple[list[UsageEvent], Stats]:
+    """One file on `shares` processes (a power of two), each taking the flows whose address
+    hash falls in its share: the events of all shares, and their counters added up. Flows
+    do not cross shares, so the result equals one process's; raises FastPathUnavailable
+    when libpcap cannot read the file to its end."""
+    import multiprocessing as mp
+
+    global _SHARED
+    _SHARED = (cfg, classifier)
+    try:
+        with mp.get_context("fork").Pool(shares) as pool:
+            results = pool.map(_share, [(path, k, shares) for k in range(shares)])
+    finally:
+        _SHARED = None
+    events: list[UsageEvent] = []
+    total = Stats()
+    for k, (evs, st) in enumerate(results):
+        events.extend(evs)
+        if k:
+            # DNS reached every share: its datagrams and anomalies count once, in share 0.
+            st.packets -= st.dns_datagrams
+            st.dns_datagrams = 0
+            st.anomalies = {a: c for a, c in st.anomalies.items() if not a.startswith("dns.")}
+        add_stats(total, st)
+    return events, total
+
+
+def add_stats(into: Stats, other: Stats) -> None:
+    """Add `other`'s counters to `into`."""
+    for f in dataclasses.fields(Stats):
+        mine, theirs = getattr(into, f.name), getattr(other, f.name)
+        if isinstance(theirs, dict):
+            for key, n in theirs.items():
+                mine[key] = mine.get(key, 0) + n
+        else:
+            setattr(into, f.name, mine + theirs)

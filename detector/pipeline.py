@@ -90,7 +90,7 @@ class Pipeline:
         # downloading may have its downloads dropped in the kernel, until it ends.
         self.watch_bulk: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
         self.bulk_ended: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
-        self.report_lookups = True  # False in all but one of several capture workers
+        self.report_lookups = True  # False in all but one of several workers (UDP DNS reaches all)
         self.count_coverage = True  # False while the fast path re-reads packets already counted
 
     # -- input -----------------------------------------------------------------
@@ -166,6 +166,7 @@ class Pipeline:
     # -- DNS -------------------------------------------------------------------
 
     def _dns_datagram(self, pkt: L4Packet) -> None:
+        self.stats.dns_datagrams += 1
         msg = dns_dec.parse_dns(pkt.payload)
         if type(msg) is DnsMessage:
             if msg.is_response:
@@ -197,8 +198,8 @@ class Pipeline:
         self._dns_events(ts, client, server, port, msg, size, transport)
 
     def _dns_events(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
-        if not self.report_lookups:
-            return
+        if not self.report_lookups and transport == "udp":
+            return  # another worker or share reports the DNS datagrams that all of them see
         events = self.classifier.classify_dns(  # type: ignore[attr-defined]
             ts, client, server, port, msg, size, self.include_unmatched, transport=transport, include_candidates=True
         )
@@ -361,6 +362,12 @@ class Pipeline:
         stats = self.stats
         if self.bulk_ended is not None:
             self.bulk_ended((rec.server, rec.server_port, rec.client, rec.client_port))
+        if rec.server_name is None:
+            # The answer may have been read after the flow's first packet (several capture
+            # handles interleave); it still came first on the wire.
+            name = self.dnscache.lookup(rec.first_ts, rec.client, rec.server)
+            if name is not None:
+                rec.server_name, rec.evidence = name, Evidence.DNS_CACHE
         ev = self.classifier.classify_flow(rec, self.include_unmatched, include_candidates=True)  # type: ignore[attr-defined]
         if self.count_coverage:
             stats.flows_total += 1
@@ -406,10 +413,6 @@ class Pipeline:
     def feed_flow(self, rec: FlowRecord) -> None:
         """One finished flow seen by another sensor; a nameless one gets the client's own
         earlier DNS answer, as a flow of our own would."""
-        if rec.server_name is None:
-            name = self.dnscache.lookup(rec.first_ts, rec.client, rec.server)
-            if name is not None:
-                rec.server_name, rec.evidence = name, Evidence.DNS_CACHE
         self._flow_ended(rec)
 
     def tick(self, now: float) -> None:

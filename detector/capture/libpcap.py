@@ -53,13 +53,51 @@ def fast_path_linktype(path: Path) -> int | None:
     return dlt if dlt in _L2_OFFSET else None
 
 
-def _filters(dlt: int, python_udp_ports: Iterable[int]) -> tuple[str, str]:
-    """BPF for the C part and for the Python part: a partition of all packets. The C part is
-    IPv4 TCP/UDP except the UDP ports that carry DNS or tunnels (their content is flows)."""
+# DNS over UDP reaches every share whole: each share's DNS cache must know every client's
+# lookups. (DNS over TCP is a flow like any other: it goes to its flow's share.)
+_DNS = "udp port 53 or udp port 8053"
+
+
+def _filters(dlt: int, python_udp_ports: Iterable[int], part: tuple[int, int] | None = None) -> tuple[str, str]:
+    """BPF for the C part and for the Python part. The C part is IPv4 TCP/UDP except DNS, the
+    UDP ports that carry tunnels (their content is flows) and fragments (no ports for the C
+    flow key); the Python part is the rest.
+
+    With `part` = (k, n), n a power of two, only the k-th of n shares: a flow's share is a
+    hash of its two addresses that is the same in both directions (last octets xor-ed);
+    untagged DNS over UDP goes to every share, traffic that is neither IPv4 nor IPv6 (or has
+    two VLAN tags) to share 0. libpcap's `vlan` keyword shifts the offsets of everything
+    after it, so it comes last, once; tagged addresses are read at fixed Ethernet offsets.
+    """
+    ethernet = dlt == 1
     udp = " or ".join(f"udp port {p}" for p in sorted(set(python_udp_ports)))
-    ipv4 = f"ip and (tcp or udp) and not ({udp})" if udp else "ip and (tcp or udp)"
-    c_part = f"({ipv4}) or (vlan and {ipv4})" if dlt == 1 else ipv4
-    return c_part, f"not ({c_part})"
+    not_c = f"{udp} or {_DNS} or tcp port 53" if udp else f"{_DNS} or tcp port 53"
+    ipv4 = f"ip and (tcp or udp) and (ip[6:2] & 0x3fff) == 0 and not ({not_c})"
+    c_all = f"({ipv4}) or (vlan and ({ipv4}))" if ethernet else ipv4
+    if part is None:
+        return c_all, f"not ({c_all})"
+    k, n = part
+    m = n - 1
+    # The share of IPv4/IPv6 packets, untagged and behind one 802.1Q/802.1ad tag.
+    ip_forms = [
+        ("ip", f"((ip[15] ^ ip[19]) & {m})"),
+        ("ip6", f"((ip6[23] ^ ip6[39]) & {m})"),
+    ]
+    if ethernet:
+        tag = "(ether[12:2] == 0x8100 or ether[12:2] == 0x88a8)"
+        ip_forms += [
+            (f"{tag} and ether[16:2] == 0x0800", f"((ether[33] ^ ether[37]) & {m})"),
+            (f"{tag} and ether[16:2] == 0x86dd", f"((ether[41] ^ ether[57]) & {m})"),
+        ]
+    mine = " or ".join(f"({is_ip} and {h} == {k})" for is_ip, h in ip_forms)
+    if k == 0:
+        mine += " or not (" + " or ".join(f"({is_ip})" for is_ip, _ in ip_forms) + ")"
+    c_core = f"{ipv4} and ((ip[15] ^ ip[19]) & {m}) == {k}"
+    c_part = f"({c_core}) or (vlan and ({c_core}))" if ethernet else c_core
+    # Every share gets whole DNS datagrams; a fragmented answer goes to its flow's share only
+    # (its pieces must meet). `not (c_all)` last: it holds the one `vlan`.
+    every = f"({_DNS}) and not (ip and (ip[6:2] & 0x3fff) != 0)"
+    return c_part, f"(({every}) or {mine}) and not ({c_all})"
 
 
 def _python_part(path: Path, expression: str, dlt: int) -> Iterator[Frame]:
@@ -87,17 +125,19 @@ def feed_partitioned(
     flow_heads: int = 0,
     addresses: bytes = b"",
     python_udp_ports: Iterable[int] = (53,),
+    part: tuple[int, int] | None = None,
 ) -> tuple[int, int]:
     """Feed a file's frames, in time order, to `feed`: of IPv4 TCP/UDP (not DNS) only the
     first `flow_heads` packets of each direction of each flow, or only the packets to or from
     `addresses` (packed IPv4, 4 bytes each); all other packets whole, among them UDP on
-    `python_udp_ports` (DNS, tunnels). Returns how many
+    `python_udp_ports` (DNS, tunnels); with `part`, one share of the flows (see _filters).
+    Returns how many
     IPv4 TCP/UDP packets the C part read and how many of them it let through. Raises
     CaptureError when libpcap fails mid-file."""
     dlt = fast_path_linktype(path)
     if dlt is None:
         raise CaptureError(f"{path}: not readable by the fast path")
-    c_filter, py_filter = _filters(dlt, python_udp_ports)
+    c_filter, py_filter = _filters(dlt, python_udp_ports, part)
     rest = _python_part(path, py_filter, dlt)
     pending = next(rest, None)
     admit = (1 << FLOW_HEAD) if flow_heads else (1 << SET_MATCH)

@@ -44,7 +44,7 @@ BulkFlow = tuple[str, int, str, int]
 
 
 # The DNS share of traffic, which every fanout worker captures whole (see `prefilter`).
-DNS_TRAFFIC = "udp port 53 or udp port 8053 or tcp port 53"
+DNS_TRAFFIC = "udp port 53 or udp port 8053"
 
 
 def prefilter(bulk_flows: Iterable[BulkFlow] = (), *, ethernet: bool = True, share: str = "all") -> str:
@@ -76,13 +76,13 @@ def prefilter(bulk_flows: Iterable[BulkFlow] = (), *, ethernet: bool = True, sha
         bulk = f"({data} and ({each}))"
     if share == "dns":
         keep = f"({DNS_TRAFFIC}) and not {bulk}" if bulk else f"({DNS_TRAFFIC})"
-        return f"({keep}) or (vlan and {keep})" if ethernet else keep
+        return f"({keep}) or (vlan and ({keep}))" if ethernet else keep
     drop = f"({DNS_TRAFFIC}) or {bulk}" if share == "not-dns" and bulk else f"({DNS_TRAFFIC})" if share == "not-dns" else bulk
     if not drop:
         return ""
     # A filter for another link type than Ethernet must not mention VLAN tags (libpcap
     # rejects the expression), hence `ethernet`.
-    return f"not ({drop} or (vlan and {drop}))" if ethernet else f"not ({drop})"
+    return f"not (({drop}) or (vlan and ({drop})))" if ethernet else f"not ({drop})"
 
 
 def filter_fits(expression: str, linktype: int) -> bool:

@@ -148,7 +148,7 @@ class Sensor:
             if now == last and now > 0:
                 return
             last = now
-            time.sleep(1.0)
+            time.sleep(2.0)  # longer than a worker's 1-second counter reports
 
     def signal(self, sig: int) -> None:
         # `ip netns exec` execs the command, so the pid is the daemon's own.
