@@ -268,6 +268,18 @@ def rules_match(hostname: str, rules_dir: str | None, policy: str | None, config
         sys.exit(EXIT_READ_FAILED)
 
 
+@cli.command("anomalies")
+def anomalies_cmd() -> None:
+    """List every decode anomaly the sensor counts (shadowai_decode_anomalies_total{kind}),
+    with what it means."""
+    from detector.decode.anomalies import all_anomalies
+
+    names = all_anomalies()
+    width = max(map(len, names))
+    for name, reason in names.items():
+        click.echo(f"{name.ljust(width)}  {reason}")
+
+
 @cli.group("config")
 def config_group() -> None:
     """Check or show the configuration in force."""

@@ -35,3 +35,14 @@ def test_installed_command_analyses_the_sample_into_a_database(installed: Path, 
     assert "openai_chatgpt" in r.stdout and "TLS/QUIC flows" in r.stdout
     assert (tmp_path / "shadowai.duckdb").exists()
     assert (tmp_path / "shadowai.key").stat().st_mode & 0o077 == 0
+
+
+def test_anomalies_command_lists_every_decoder_s_names_with_a_reason() -> None:
+    r = subprocess.run([sys.executable, "-m", "detector", "anomalies"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    names = [line.split()[0] for line in lines]
+    assert len(names) == len(set(names)) > 30
+    for prefix in ("dns.", "tls.", "http.", "quic.", "gquic.", "ip", "tunnel."):
+        assert any(n.startswith(prefix) for n in names), prefix
+    assert all(len(line.split(None, 1)) == 2 for line in lines), "every name has a reason"
