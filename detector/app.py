@@ -54,11 +54,9 @@ def build_classifier(cfg: Config) -> Classifier:
 class AnalyzeResult:
     """What an offline analysis did, for the exit status and the run record."""
 
-    files_ok: int
     files_failed: int
     stats: Stats
     seconds: float
-    new_events: int
 
 
 def analyze(
@@ -79,7 +77,6 @@ def analyze(
     classifier = build_classifier(cfg)
     store = _open_store(cfg)
     pending: list[UsageEvent] = []
-    new_events = 0
 
     printer: JsonlSink | CsvSink | SummarySink
     if fmt == "jsonl":
@@ -90,12 +87,11 @@ def analyze(
         printer = SummarySink()
 
     def emit(ev: UsageEvent) -> None:
-        nonlocal new_events
         printer.handle(ev)
         if store is not None and (ev.service or ev.kind in _STORED_UNATTRIBUTED):
             pending.append(ev)
             if len(pending) >= STORE_BATCH:
-                new_events += store.write_events(pending)
+                store.write_events(pending)
                 pending.clear()
 
     stats = Stats()
@@ -154,7 +150,7 @@ def analyze(
     if store is not None:
         try:
             if pending:
-                new_events += store.write_events(pending)
+                store.write_events(pending)
             store.record_run(_run_record(cfg, files, stats, seconds))
         finally:
             store.close()
@@ -162,7 +158,7 @@ def analyze(
         out.write(printer.render())
         out.write("\n" + render_coverage(stats))
     printer.close()
-    return AnalyzeResult(ok, failed, stats, seconds, new_events)
+    return AnalyzeResult(failed, stats, seconds)
 
 
 def _open_store(cfg: Config) -> Store | None:

@@ -118,7 +118,7 @@ class FlowTable:
 
     __slots__ = (
         "_flows", "_closing", "max_flows", "idle_timeout", "active_timeout", "linger",
-        "ended", "evicted", "created", "_now", "_next_tick",
+        "ended", "evicted", "_now", "_next_tick",
     )  # fmt: skip
 
     def __init__(
@@ -136,7 +136,6 @@ class FlowTable:
         self.linger = linger
         self.ended: list[FlowRecord] = []  # records waiting for the pipeline to take
         self.evicted = 0
-        self.created = 0
         self._now = 0.0
         self._next_tick = 0.0
 
@@ -190,7 +189,6 @@ class FlowTable:
         # anything else is a mid-flow start whose handshake we did not see.
         flow.saw_start = pkt.proto != TCP or bool(pkt.flags & SYN)
         self._flows[flow.fwd] = flow
-        self.created += 1
         if len(self._flows) > self.max_flows:
             _, old = self._flows.popitem(last=False)
             self.evicted += 1
