@@ -20,7 +20,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from detector.app import build_classifier
-from detector.capture.live import DNS_TRAFFIC, CaptureSetupError, LiveInterface, filter_fits, prefilter
+from detector.capture.live import (
+    DNS_SHARE,
+    DNS_TRAFFIC,
+    MAX_FILTER_FLOWS,
+    CaptureSetupError,
+    LiveInterface,
+    filter_fits,
+    prefilter,
+)
 from detector.capture.pcapfile import iter_frames
 from detector.config import Config, state_path
 from detector.model import Stats, UsageEvent
@@ -38,9 +46,6 @@ HOUSEKEEPING_SECONDS = 1.0
 # How far the wall-clock flow time lags behind now on a quiet link: longer than a batch can
 # wait in the queue, so a queued packet is never older than the flow clock.
 QUIET_MARGIN_SECONDS = 2.0
-# Flows in the kernel filter's bulk-drop list. A BPF program has at most 4096 instructions;
-# each flow costs about ten, for both the plain and the VLAN branch.
-MAX_FILTER_FLOWS = 160
 # Batches read from each kernel ring at shutdown, at most: what a busy link queued.
 MAX_DRAIN_BATCHES = 1000
 # How often the sensor's own health (drops, blind share) is judged for the SOC.
@@ -50,11 +55,15 @@ FILTER_UPDATE_SECONDS = 1.0
 
 
 class _Reader(threading.Thread):
-    """Moves batches from one source into the queue until stopped or exhausted."""
+    """Moves batches from one source into the queue until stopped or exhausted; each goes
+    as (dns_share, batch), dns_share telling that it comes from a worker's DNS handle."""
 
-    def __init__(self, name: str, read: Callable[[], list | None], out: queue.Queue, stop: threading.Event) -> None:
+    def __init__(
+        self, name: str, read: Callable[[], list | None], out: queue.Queue, stop: threading.Event, dns_share: bool = False
+    ) -> None:
         super().__init__(name=f"capture-{name}", daemon=True)
         self._read, self._out, self._halt = read, out, stop
+        self.dns_share = dns_share
         self.error: str | None = None
         self.leftover: list = []
         self.finished = threading.Event()
@@ -70,7 +79,7 @@ class _Reader(threading.Thread):
                         self.leftover = batch  # the main thread takes it at shutdown
                         break
                     try:
-                        self._out.put(batch, timeout=0.2)
+                        self._out.put((self.dns_share, batch), timeout=0.2)
                         break
                     except queue.Full:
                         continue
@@ -258,35 +267,31 @@ class Daemon:
             if self.worker is not None:
                 # Every worker sees all DNS, so its DNS cache knows every client's lookups
                 # (the kernel spreads flows, not clients); only worker 0 reports lookups.
-                self._open_interface(name, share="dns", fanout=False)
+                self._open_interface(name, share="dns")
         if self.replay is not None:
             warn = lambda msg: log.warning("%s", msg)  # noqa: E731
             source = _Replay(self.replay, self.realtime, warn)
             self._readers.append(_Reader(self.replay.name, source.read, self._queue, self._stop))
 
-    def _open_interface(self, name: str, share: str, fanout: bool = True) -> None:
+    def _open_interface(self, name: str, share: str) -> None:
         cfg = self.cfg.capture
         iface = LiveInterface(
             name, snaplen=cfg.snaplen, promiscuous=cfg.promiscuous, buffer_mib=cfg.buffer_mib, bpf="", share=share
         )
-        if fanout and self.worker is not None:
-            iface.join_fanout(self.worker[1])
+        if share == "not-dns":
+            iface.join_fanout(self.worker[1])  # type: ignore[index]
         bpf = cfg.bpf
         if bpf == "auto" or (share != "all" and not bpf):
             bpf = prefilter(ethernet=iface.linktype == 1, share=share)  # admits all until flows are known
         elif share != "all":
             # An operator's own filter, narrowed to this worker's part (untagged DNS only:
             # the expression may use `vlan` itself, which must come last).
-            part = DNS_TRAFFIC if share == "dns" else f"not ({DNS_TRAFFIC})"
+            part = DNS_SHARE if share == "dns" else f"not ({DNS_TRAFFIC})"
             bpf = f"({part}) and ({bpf})"
         if bpf:
             iface.set_filter(bpf)
         self._live.append(iface)
-        self._readers.append(_Reader(name, iface.read, self._queue, self._stop))
-        if self.replay is not None:
-            warn = lambda msg: log.warning("%s", msg)  # noqa: E731
-            source = _Replay(self.replay, self.realtime, warn)
-            self._readers.append(_Reader(self.replay.name, source.read, self._queue, self._stop))
+        self._readers.append(_Reader(name, iface.read, self._queue, self._stop, dns_share=share == "dns"))
 
     def _rules_loaded(self, ok: bool) -> None:
         # The metrics hold this same object: update it in place.
@@ -355,14 +360,15 @@ class Daemon:
         next_house = next_watchdog = time.monotonic()
         replay_done = False
         status = 0
-        feed = self.pipeline.feed
+        feeds = (self.pipeline.feed, self.pipeline.feed_dns_share)
         try:
             while not self._stop.is_set():
                 try:
-                    batch = self._queue.get(timeout=0.2)
+                    dns_share, batch = self._queue.get(timeout=0.2)
                 except queue.Empty:
                     batch = None
                 if batch:
+                    feed = feeds[dns_share]
                     for ts, lt, data in batch:
                         feed(ts, lt, data)
                     if self.bulk.changed and time.monotonic() - self._filters_at > FILTER_UPDATE_SECONDS:
@@ -418,6 +424,8 @@ class Daemon:
             while not filter_fits(expression, iface.linktype) and expression:
                 self.bulk.shrink()
                 expression = prefilter(self.bulk.texts(), ethernet=ethernet, share=iface.share)
+            if expression == iface.bpf:
+                continue  # a DNS share has no bulk flows: nothing to recompile
             try:
                 iface.set_filter(expression)
             except CaptureSetupError as exc:
@@ -434,19 +442,20 @@ class Daemon:
         # then report every open flow: nothing captured is lost on SIGTERM.
         for r in self._readers:
             r.join(timeout=2.0)
+        feeds = (self.pipeline.feed, self.pipeline.feed_dns_share)
         try:
             while True:
-                batch = self._queue.get_nowait()
-                for ts, lt, data in batch:
-                    self.pipeline.feed(ts, lt, data)
+                dns_share, batch = self._queue.get_nowait()
+                for frame in batch:
+                    feeds[dns_share](*frame)
         except queue.Empty:
             pass
         for r in self._readers:
-            for ts, lt, data in r.leftover:
-                self.pipeline.feed(ts, lt, data)
+            for frame in r.leftover:
+                feeds[r.dns_share](*frame)
         for iface in self._live:
-            for ts, lt, data in iface.drain(MAX_DRAIN_BATCHES):
-                self.pipeline.feed(ts, lt, data)
+            for frame in iface.drain(MAX_DRAIN_BATCHES):
+                feeds[iface.share == "dns"](*frame)
         if not finished:
             self.pipeline.finish()
         for closer in reversed(self._closers):

@@ -116,16 +116,36 @@ class Pipeline:
         else:
             stats.anomaly(res.kind)  # type: ignore[union-attr]
 
+    def feed_dns_share(self, ts: float, linktype: int, data: bytes) -> None:
+        """Process one frame of a fanout worker's DNS share (DNS datagrams and IPv4
+        fragments). A reassembled datagram that is no DNS belongs to the worker that the
+        kernel gave it to whole, and is skipped here."""
+        stats = self.stats
+        stats.packets += 1
+        stats.bytes += len(data)
+        res = decode_frame(ts, linktype, data)
+        if type(res) is IPFragment:
+            res = self._reassembled(res)
+        if type(res) is L4Packet:
+            if res.proto == UDP and (res.dport in DNS_UDP_PORTS or res.sport in DNS_UDP_PORTS):
+                self._dns_datagram(res)
+        elif isinstance(res, Anomaly):
+            stats.anomaly(res.kind)
+
     def _fragment(self, frag: IPFragment) -> None:
-        payload = self.fragments.add(frag)
-        if payload is None:
-            return
-        # ip_len as an unfragmented datagram would have had it: minimal header plus payload.
-        res = decode_l4(frag.ts, frag.src, frag.dst, frag.proto, payload, len(payload) + (40 if len(frag.src) == 16 else 20))
+        res = self._reassembled(frag)
         if type(res) is L4Packet:
             self._packet(res)
         elif isinstance(res, Anomaly):
             self.stats.anomaly(res.kind)
+
+    def _reassembled(self, frag: IPFragment) -> L4Packet | IPFragment | Anomaly | None:
+        """The datagram this fragment completes, if it does."""
+        payload = self.fragments.add(frag)
+        if payload is None:
+            return None
+        # ip_len as an unfragmented datagram would have had it: minimal header plus payload.
+        return decode_l4(frag.ts, frag.src, frag.dst, frag.proto, payload, len(payload) + (40 if len(frag.src) == 16 else 20))
 
     def _packet(self, pkt: L4Packet) -> None:
         if pkt.proto == UDP and (pkt.dport in DNS_UDP_PORTS or pkt.sport in DNS_UDP_PORTS):
@@ -148,7 +168,8 @@ class Pipeline:
                 self._flow_ended(rec)
 
     def _maybe_bulk(self, flow: Flow) -> None:
-        name = flow.name or flow.cache_name
+        # An ECH flow's own name is the provider's public name, not where it went.
+        name = (None if flow.ech else flow.name) or flow.cache_name
         if name and not self.reportable(name, flow.server, flow.sport):
             self.watch_bulk((flow.server, flow.sport, flow.client, flow.cport))  # type: ignore[misc]
 
@@ -362,9 +383,10 @@ class Pipeline:
         stats = self.stats
         if self.bulk_ended is not None:
             self.bulk_ended((rec.server, rec.server_port, rec.client, rec.client_port))
-        if rec.server_name is None:
+        if rec.server_name is None or (rec.ech and rec.evidence is not Evidence.DNS_CACHE):
             # The answer may have been read after the flow's first packet (several capture
-            # handles interleave); it still came first on the wire.
+            # handles interleave); it still came first on the wire. An ECH flow named only
+            # by its outer (public) SNI takes the client's lookup, as it would have then.
             name = self.dnscache.lookup(rec.first_ts, rec.client, rec.server)
             if name is not None:
                 rec.server_name, rec.evidence = name, Evidence.DNS_CACHE

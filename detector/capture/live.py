@@ -21,9 +21,14 @@ BATCH = 512
 # libpcap read timeout: how long a quiet interface may hold back a partial batch. Short,
 # because the filter learns AI endpoints from ClientHellos and must do so within a round trip.
 READ_TIMEOUT_MS = 10
+# linux/if_packet.h: reassemble IPv4 fragments before fanout (and before the filter).
+PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 
 # The kernel's limit on a classic BPF program (BPF_MAXINSNS).
 MAX_BPF_INSNS = 4096
+# Flows in the bulk-drop list of `prefilter`, so that the program always fits: an IPv6 flow
+# costs 60 instructions (the plain and the VLAN branch), an IPv4 one 54, the rest about 100.
+MAX_FILTER_FLOWS = 64
 
 
 class CaptureSetupError(Exception):
@@ -43,8 +48,12 @@ class InterfaceStats:
 BulkFlow = tuple[str, int, str, int]
 
 
-# The DNS share of traffic, which every fanout worker captures whole (see `prefilter`).
+# DNS, which every fanout worker captures whole (see `prefilter`).
 DNS_TRAFFIC = "udp port 53 or udp port 8053"
+# A worker's DNS share: DNS plus every IPv4 fragment. A fragmented answer's later fragments
+# carry no port, so each worker reassembles all fragments itself and keeps the DNS among
+# them (the kernel reassembles the rest for the fanout group; see `join_fanout`).
+DNS_SHARE = f"{DNS_TRAFFIC} or (ip and ip[6:2] & 0x3fff != 0)"
 
 
 def prefilter(bulk_flows: Iterable[BulkFlow] = (), *, ethernet: bool = True, share: str = "all") -> str:
@@ -57,10 +66,13 @@ def prefilter(bulk_flows: Iterable[BulkFlow] = (), *, ethernet: bool = True, sha
     known not to matter, so no AI flow ever loses a packet to the filter. Names, handshakes,
     uploads, DNS and flow ends are always admitted. An empty list admits everything.
 
-    `share` is a fanout worker's part: "dns" (only DNS) or "not-dns" (all but DNS); "all"
-    otherwise. The whole expression is built here because libpcap's `vlan` keyword shifts
-    the offsets of everything after it: it must come last, once.
+    `share` is a fanout worker's part: "dns" (DNS_SHARE, which has no bulk flows) or
+    "not-dns" (all but DNS); "all" otherwise. The whole expression is built here because
+    libpcap's `vlan` keyword shifts the offsets of everything after it: it must come last,
+    once.
     """
+    if share == "dns":
+        return f"({DNS_SHARE}) or (vlan and ({DNS_SHARE}))" if ethernet else DNS_SHARE
     flows = sorted(set(bulk_flows))
     bulk = ""
     if flows:
@@ -74,9 +86,6 @@ def prefilter(bulk_flows: Iterable[BulkFlow] = (), *, ethernet: bool = True, sha
             for srv, sport, cli, cport in flows
         )
         bulk = f"({data} and ({each}))"
-    if share == "dns":
-        keep = f"({DNS_TRAFFIC}) and not {bulk}" if bulk else f"({DNS_TRAFFIC})"
-        return f"({keep}) or (vlan and ({keep}))" if ethernet else keep
     drop = f"({DNS_TRAFFIC}) or {bulk}" if share == "not-dns" and bulk else f"({DNS_TRAFFIC})" if share == "not-dns" else bulk
     if not drop:
         return ""
@@ -132,8 +141,17 @@ class LiveInterface:
         self.bpf = expression
 
     def join_fanout(self, group: int) -> None:
-        """Share this interface's packets with the other workers of `group`, by flow hash."""
-        self._cap.set_fanout(group, pcapy.PACKET_FANOUT_HASH)
+        """Share this interface's packets with the other handles of `group`, by flow hash.
+
+        The kernel reassembles IPv4 fragments before it hashes (a fanout flag), so a
+        fragmented datagram reaches the worker of its flow whole. The reassembly queue is
+        shared by every fanout group on the host, so only one group may ask for it: DNS
+        handles stay out of fanout and reassemble their fragments themselves.
+        """
+        try:
+            self._cap.set_fanout(group, pcapy.PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG)
+        except pcapy.PcapError as exc:
+            raise CaptureSetupError(f"{self.name}: cannot join fanout group {group}: {exc}") from None
 
     def read(self) -> list[tuple[float, int, bytes]]:
         """Up to BATCH frames, or none after the read timeout on a quiet link."""

@@ -268,6 +268,14 @@ def _dns_frag(rng: random.Random) -> list[Packet]:
     return pkts
 
 
+@trace("dns-ipv4-fragmented-answer-then-ech-chatgpt",
+       "The fragmented chatgpt.com answer above, then Chrome TLS with ECH to one of its addresses: only "
+       "the reassembled answer names the flow.",
+       [_dns_expect("chatgpt.com", "openai_chatgpt"), _expect("chatgpt.com", "openai_chatgpt", "dns-cache", "tcp", 443)])
+def _dns_frag_ech(rng: random.Random) -> list[Packet]:
+    return _dns_frag(rng) + list(_tls(rng, _path("104.18.0.77"), w.ECH_PUBLIC_NAME, t0=T0 + 0.05, ech=True))
+
+
 @trace("vlan-8021q-tls-mistral", "TLS to chat.mistral.ai on 802.1Q VLAN 120.", [MISTRAL])
 def _vlan(rng: random.Random) -> list[Packet]:
     return list(_tls(rng, _path(_addr("chat.mistral.ai"), wrap=tunnels.Vlan(120)), "chat.mistral.ai"))

@@ -331,6 +331,19 @@ def test_fanout_workers_share_the_interface_and_store_every_event_once(veth, tra
     _same_events(stored, offline)
 
 
+def test_fanout_workers_name_a_flow_by_a_fragmented_dns_answer(veth, tmp_path):
+    # Only the reassembled answer names the ECH flow; its second fragment carries no port,
+    # so without the kernel's reassembly no worker's DNS share would see it.
+    trace = ROOT / "tests" / "golden" / "traces" / "dns-ipv4-fragmented-answer-then-ech-chatgpt.pcap"
+    sensor = Sensor(veth, tmp_path, workers=2)
+    _send(veth, trace)
+    sensor.settle()
+    assert sensor.stop() == 0
+    offline = [e for e in _offline(trace, tmp_path) if e["service"]]
+    assert [e["evidence"] for e in offline if e["kind"] == "flow"] == ["dns-cache"]
+    _same_events([e for e in _stored(sensor.db) if e["service"]], offline)
+
+
 def test_missing_interface_is_a_one_line_error(veth, tmp_path):
     r = subprocess.run(
         ["ip", "netns", "exec", veth["sensor"], PY, "-m", "detector", "run", "--interface", "nosuchif0", "--no-db",
