@@ -20,11 +20,12 @@ import dataclasses
 import socket
 from pathlib import Path
 
-from detector.capture.libpcap import fast_path_linktype, feed_partitioned
+from detector.capture.libpcap import fast_path_linktype, feed_partitioned, flow_key
 from detector.capture.pcapfile import CaptureError
 from detector.config import Config
 from detector.decode.tunnels import UDP_TUNNELS
 from detector.model import DNS_UDP_PORTS, Stats, UsageEvent
+from detector.flows.table import Flow
 from detector.pipeline import Pipeline
 
 # Packets per flow direction that pass 1 looks at: SYN, ACK and a ClientHello of up to
@@ -34,6 +35,10 @@ FLOW_HEAD_PACKETS = 8
 
 # UDP that must reach Python whole: DNS feeds the cache, tunnels carry whole flows inside.
 PYTHON_UDP_PORTS = frozenset(DNS_UDP_PORTS | set(UDP_TUNNELS))
+# Flows that pass 1 named and found not to matter, kept so that pass 2 can skip their
+# packets even when their server is discovered (a CDN address that an AI service shares).
+# Beyond this many, further such flows just go through Python in pass 2.
+MAX_QUIET_FLOWS = 100_000
 
 
 def usable(path: Path) -> bool:
@@ -50,10 +55,27 @@ class TwoPass:
         self.stats = Stats()
         self.discovery = Pipeline(cfg, classifier, self._event, self.stats)
         self.discovery.watch_servers = self._watch
+        self.discovery.watch_named = self._named
+        self.discovery.fingerprint = False
+        # Both directions of IPv4 flows named in pass 1: not reportable / reportable. A
+        # 5-tuple seen both ways (reused ports) is never skipped.
+        self.quiet: set[bytes] = set()
+        self.loud: set[bytes] = set()
 
     def _watch(self, addr: bytes, reportable: bool) -> None:
         if reportable:
             self.discovered.add(addr)
+
+    def _named(self, flow: Flow, reportable: bool) -> None:
+        if len(flow.server) != 4:
+            return  # only IPv4 TCP/UDP takes the C part
+        up = flow_key(flow.proto, flow.client, flow.server, flow.cport, flow.sport)
+        down = flow_key(flow.proto, flow.server, flow.client, flow.sport, flow.cport)
+        if reportable:
+            self.loud.update((up, down))
+            self.quiet.difference_update((up, down))
+        elif up not in self.loud and len(self.quiet) < 2 * MAX_QUIET_FLOWS:
+            self.quiet.update((up, down))
 
     def _event(self, ev: UsageEvent) -> None:
         if ev.kind != "dns" and ev.server_ip:
@@ -83,8 +105,9 @@ class TwoPass:
         main.count_coverage = False
         try:
             feed_partitioned(
-                path, main.feed, addresses=v4 or b"\0\0\0\0", python_udp_ports=PYTHON_UDP_PORTS, part=part
-            )
+                path, main.feed, addresses=v4 or b"\0\0\0\0", python_udp_ports=PYTHON_UDP_PORTS, part=part,
+                skip=self.quiet,
+            )  # fmt: skip
         finally:
             main.count_coverage = True
             ms.packets, ms.bytes, ms.frames_skipped, ms.dns_datagrams, ms.anomalies = kept

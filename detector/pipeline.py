@@ -86,12 +86,15 @@ class Pipeline:
         # Told (address, reportable) whenever a server is named or answered in DNS (the
         # offline fast path learns which servers to keep from it); None when unused.
         self.watch_servers: Callable[[bytes, bool], None] | None = None
+        # Told (flow, reportable) when a flow is named, alongside watch_servers.
+        self.watch_named: Callable[[Flow, bool], None] | None = None
         # A live kernel filter's hooks: a named flow that does not matter and keeps
         # downloading may have its downloads dropped in the kernel, until it ends.
         self.watch_bulk: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
         self.bulk_ended: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
         self.report_lookups = True  # False in all but one of several workers (UDP DNS reaches all)
         self.count_coverage = True  # False while the fast path re-reads packets already counted
+        self.fingerprint = True  # JA4 of each hello; the fast path's discovery needs names only
 
     # -- input -----------------------------------------------------------------
 
@@ -262,7 +265,7 @@ class Pipeline:
         app = flow.app
         if app is None:
             app = flow.app = "tls" if data[0] == 0x16 else "http"
-        res = tls_dec.parse_tls_client_hello(data) if app == "tls" else http_dec.parse_http_request(data)
+        res = tls_dec.parse_tls_client_hello(data, self.fingerprint) if app == "tls" else http_dec.parse_http_request(data)
         if type(res) is ClientHello:
             self._named_by_hello(flow, res, Evidence.TLS_SNI)
         elif type(res) is HttpRequest:
@@ -308,7 +311,7 @@ class Pipeline:
             flow.evidence = evidence
         flow.stop_inspecting()
         if self.watch_servers is not None:
-            self.watch_servers(flow.server, self.reportable(flow.name or flow.cache_name, flow.server, flow.sport))
+            self._named(flow, flow.name or flow.cache_name)
 
     def _named_by_http(self, flow: Flow, req: HttpRequest) -> None:
         if req.host:
@@ -317,7 +320,13 @@ class Pipeline:
         flow.user_agent = req.user_agent
         flow.stop_inspecting()
         if self.watch_servers is not None:
-            self.watch_servers(flow.server, self.reportable(flow.name, flow.server, flow.sport))
+            self._named(flow, flow.name)
+
+    def _named(self, flow: Flow, name: str | None) -> None:
+        reportable = self.reportable(name, flow.server, flow.sport)
+        self.watch_servers(flow.server, reportable)  # type: ignore[misc]
+        if self.watch_named is not None:
+            self.watch_named(flow, reportable)
 
     # -- UDP / QUIC ------------------------------------------------------------
 
@@ -345,7 +354,7 @@ class Pipeline:
                 chunks.extend(initial.crypto)
                 hs = quic_dec.assemble_crypto(chunks)
                 if hs:
-                    hello = tls_dec.parse_client_hello_handshake(hs, "q")
+                    hello = tls_dec.parse_client_hello_handshake(hs, "q", self.fingerprint)
                     if type(hello) is ClientHello:
                         self._named_by_hello(flow, hello, Evidence.QUIC_SNI)
                         return

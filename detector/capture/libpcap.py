@@ -30,6 +30,14 @@ BATCH = 1024
 
 Frame = tuple[float, int, bytes]
 
+# 802.1Q and 802.1ad tag protocol identifiers.
+_TAGS = (b"\x81\x00", b"\x88\xa8")
+
+
+def flow_key(proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
+    """How `feed_partitioned(skip=...)` names one direction of an IPv4 flow."""
+    return bytes((proto,)) + src + dst + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
+
 
 # Classic pcap (µs and ns, both byte orders). pcapng is left to the ordinary reader: libpcap
 # stops at the first interface whose link type differs from the first one's.
@@ -126,14 +134,15 @@ def feed_partitioned(
     addresses: bytes = b"",
     python_udp_ports: Iterable[int] = (53,),
     part: tuple[int, int] | None = None,
+    skip: set[bytes] | frozenset[bytes] = frozenset(),
 ) -> tuple[int, int]:
     """Feed a file's frames, in time order, to `feed`: of IPv4 TCP/UDP (not DNS) only the
     first `flow_heads` packets of each direction of each flow, or only the packets to or from
     `addresses` (packed IPv4, 4 bytes each); all other packets whole, among them UDP on
     `python_udp_ports` (DNS, tunnels); with `part`, one share of the flows (see _filters).
-    Returns how many
-    IPv4 TCP/UDP packets the C part read and how many of them it let through. Raises
-    CaptureError when libpcap fails mid-file."""
+    IPv4 TCP/UDP packets whose `flow_key` is in `skip` are dropped before `feed`. Returns
+    how many IPv4 TCP/UDP packets the C part read and how many of them it let through.
+    Raises CaptureError when libpcap fails mid-file."""
     dlt = fast_path_linktype(path)
     if dlt is None:
         raise CaptureError(f"{path}: not readable by the fast path")
@@ -141,9 +150,17 @@ def feed_partitioned(
     rest = _python_part(path, py_filter, dlt)
     pending = next(rest, None)
     admit = (1 << FLOW_HEAD) if flow_heads else (1 << SET_MATCH)
+    l2 = _L2_OFFSET[dlt]
+    tagged = dlt == 1
 
     def on_packet(hdr, data: bytes, _cls: int) -> None:  # type: ignore[no-untyped-def]
         nonlocal pending
+        if skip:
+            # The C part holds IPv4 TCP/UDP without fragments, behind at most one tag.
+            off = l2 + 4 if tagged and data[12:14] in _TAGS else l2
+            l4 = off + ((data[off] & 15) << 2)
+            if data[off + 9 : off + 10] + data[off + 12 : off + 20] + data[l4 : l4 + 4] in skip:
+                return
         sec, usec = hdr.getts()
         ts = sec + usec * 1e-6
         while pending is not None and pending[0] <= ts:

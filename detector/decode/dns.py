@@ -19,7 +19,7 @@ are reported only for a broken header or question section.
 from __future__ import annotations
 
 from socket import AF_INET6, inet_ntoa, inet_ntop
-from struct import unpack_from
+from struct import Struct, unpack_from
 
 from detector.decode._reader import DecodeError
 from detector.model import Anomaly, DnsAnswer, DnsMessage
@@ -75,6 +75,9 @@ _LOWER = bytes.maketrans(_UPPER, _UPPER.lower())
 # are written \DDD as in RFC 1035 §5.1 master files, so a name stays unambiguous.
 _PLAIN = bytes(b for b in range(0x21, 0x7F) if b not in b".\\")
 _PLAIN_SET = frozenset(_PLAIN)
+_PLAIN_OR_DOT = _PLAIN + b"."
+_RR = Struct("!HHIH")
+_KEPT = frozenset((TYPE_A, TYPE_AAAA, TYPE_CNAME))
 
 
 def parse_dns(msg: bytes) -> DnsMessage | Anomaly | None:
@@ -91,8 +94,9 @@ def parse_dns(msg: bytes) -> DnsMessage | Anomaly | None:
         return None
     if qdcount > MAX_QUESTIONS:
         return TOO_MANY_QUESTIONS
+    names: dict[int, tuple[bytes, int, int]] = {}
     try:
-        questions, pos = _questions(msg, qdcount)
+        questions, pos = _questions(msg, qdcount, names)
     except DecodeError as err:
         return err.anomaly
     return DnsMessage(
@@ -100,7 +104,7 @@ def parse_dns(msg: bytes) -> DnsMessage | Anomaly | None:
         is_response=bool(flags & 0x8000),
         rcode=flags & 0xF,
         questions=questions,
-        answers=_answers(msg, pos, min(ancount, MAX_ANSWERS)),
+        answers=_answers(msg, pos, min(ancount, MAX_ANSWERS), names) if ancount else (),
     )
 
 
@@ -122,11 +126,11 @@ def parse_dns_tcp(stream: bytes) -> tuple[list[DnsMessage | Anomaly], int]:
     return out, pos
 
 
-def _questions(msg: bytes, count: int) -> tuple[tuple[tuple[str, int], ...], int]:
+def _questions(msg: bytes, count: int, names: dict[int, tuple[bytes, int, int]]) -> tuple[tuple[tuple[str, int], ...], int]:
     pos = HEADER_LEN
     questions = []
     for _ in range(count):
-        name, pos = _read_name(msg, pos)
+        name, pos = _read_name(msg, pos, names)
         if pos + 4 > len(msg):
             raise DecodeError(TRUNCATED_QUESTION)
         questions.append((name, (msg[pos] << 8) | msg[pos + 1]))
@@ -134,52 +138,54 @@ def _questions(msg: bytes, count: int) -> tuple[tuple[tuple[str, int], ...], int
     return tuple(questions), pos
 
 
-def _answers(msg: bytes, pos: int, count: int) -> tuple[DnsAnswer, ...]:
+def _answers(msg: bytes, pos: int, count: int, names: dict[int, tuple[bytes, int, int]]) -> tuple[DnsAnswer, ...]:
     """A/AAAA/CNAME records of the answer section, up to the first one that is cut or broken."""
     answers = []
     n = len(msg)
     for _ in range(count):
         try:
-            name, pos = _read_name(msg, pos)
+            name, pos = _read_name(msg, pos, names)
         except DecodeError:
             break
         if pos + 10 > n:
             break
-        rtype, rclass, ttl, rdlength = unpack_from("!HHIH", msg, pos)
+        rtype, rclass, ttl, rdlength = _RR.unpack_from(msg, pos)
         start = pos + 10
         pos = start + rdlength
         if pos > n:
             break
-        if rclass & _CLASS_MASK != CLASS_IN:
+        if rclass & _CLASS_MASK != CLASS_IN or rtype not in _KEPT:
             continue
-        value = _rdata(msg, rtype, start, rdlength)
+        value = _rdata(msg, rtype, start, rdlength, names)
         if value is not None:
             answers.append(DnsAnswer(name, rtype, 0 if ttl > _TTL_MAX else ttl, value))
     return tuple(answers)
 
 
-def _rdata(msg: bytes, rtype: int, start: int, length: int) -> str | None:
-    """The text of an A/AAAA/CNAME rdata; None for other types or a malformed rdata (skipped)."""
+def _rdata(msg: bytes, rtype: int, start: int, length: int, names: dict[int, tuple[bytes, int, int]]) -> str | None:
+    """The text of an A/AAAA/CNAME rdata; None for a malformed rdata (skipped)."""
     if rtype == TYPE_A:
         return inet_ntoa(msg[start : start + 4]) if length == 4 else None
     if rtype == TYPE_AAAA:
         return inet_ntop(AF_INET6, msg[start : start + 16]) if length == 16 else None
-    if rtype == TYPE_CNAME:
-        try:
-            target, end = _read_name(msg, start)
-        except DecodeError:
-            return None
-        return target if end <= start + length else None
-    return None
+    try:
+        target, end = _read_name(msg, start, names)
+    except DecodeError:
+        return None
+    return target if end <= start + length else None
 
 
-def _read_name(msg: bytes, pos: int) -> tuple[str, int]:
+def _read_name(msg: bytes, pos: int, names: dict[int, tuple[bytes, int, int]]) -> tuple[str, int]:
     """The name at `pos` and the offset just after it; raises DecodeError.
 
     Every pointer must point before the start of the label run that holds it, so
     each hop moves strictly backwards and no chain can loop; hops are also capped.
     A name running past the end of the message raises TRUNCATED_QUESTION (the
     answer section catches every DecodeError and stops there).
+
+    `names` holds, per offset where a name was read from (a question or a pointer's
+    target), its raw dotted labels, label count, wire length and pointer hops: answers
+    point back at the question, and each pointer target is read once per message.
     """
     n = len(msg)
     labels: list[bytes] = []
@@ -187,6 +193,10 @@ def _read_name(msg: bytes, pos: int) -> tuple[str, int]:
     after = -1  # offset after the name where it was written (before any jump)
     run_start = pos
     hops = 0
+    # (offset, labels so far, wire so far, hops so far) where each run began
+    runs = [(pos, 0, 1, 0)]
+    tail = b""
+    tail_count = 0
     while True:
         if pos >= n:
             raise DecodeError(TRUNCATED_QUESTION)
@@ -204,7 +214,18 @@ def _read_name(msg: bytes, pos: int) -> tuple[str, int]:
             hops += 1
             if hops > MAX_POINTER_HOPS:
                 raise DecodeError(POINTER_CHAIN_TOO_LONG)
+            known = names.get(target)
+            if known is not None:
+                tail, tail_count, tail_wire, tail_hops = known
+                if hops + tail_hops > MAX_POINTER_HOPS:
+                    raise DecodeError(POINTER_CHAIN_TOO_LONG)
+                wire += tail_wire - 1
+                if wire > MAX_NAME_LEN:
+                    raise DecodeError(NAME_TOO_LONG)
+                hops += tail_hops
+                break
             pos = run_start = target
+            runs.append((pos, len(labels), wire, hops))
             continue
         if length > MAX_LABEL_LEN:
             raise DecodeError(LABEL_TOO_LONG)
@@ -216,7 +237,19 @@ def _read_name(msg: bytes, pos: int) -> tuple[str, int]:
             raise DecodeError(TRUNCATED_QUESTION)
         labels.append(msg[pos + 1 : end])
         pos = end
-    return ".".join(map(_label_text, labels)), (pos + 1 if after < 0 else after)
+    count = len(labels) + tail_count
+    if tail:
+        labels.append(tail)
+    for start, k, w, h in runs:
+        names[start] = (b".".join(labels[k:]), count - k, wire - w + 1, hops - h)
+    after = pos + 1 if after < 0 else after
+    low = b".".join(labels).translate(_LOWER)
+    # Plain when no byte needs escaping and every dot is a label boundary.
+    if not low.translate(None, _PLAIN_OR_DOT) and low.count(b".") == max(count - 1, 0):
+        return low.decode("ascii"), after
+    if tail:  # a rare unsafe name: read it again label by label
+        return _read_name(msg, runs[0][0], {})[0], after
+    return ".".join(map(_label_text, labels)), after
 
 
 def _label_text(raw: bytes) -> str:

@@ -171,21 +171,22 @@ def _ja4_alpn(alpn: bytes | None) -> str:
 # ---------------------------------------------------------------------------
 
 
-def parse_tls_client_hello(stream: bytes) -> ClientHello | NeedMore | Anomaly | None:
+def parse_tls_client_hello(stream: bytes, ja4: bool = True) -> ClientHello | NeedMore | Anomaly | None:
     """Decode the ClientHello at the start of a client→server TCP stream.
 
     Reassembles the handshake message across TLS records and returns as soon as
     the whole ClientHello is present, even if its last record is not. NeedMore
     carries a lower bound of the stream length needed; None means the stream is
-    not TLS or starts with a server's message.
+    not TLS or starts with a server's message. With `ja4` false the fingerprint is
+    left empty (a third of the work, for callers that only need the name).
     """
     try:
-        return _parse_records(stream)
+        return _parse_records(stream, ja4)
     except DecodeError as err:
         return err.anomaly
 
 
-def _parse_records(stream: bytes) -> ClientHello | NeedMore | Anomaly | None:
+def _parse_records(stream: bytes, ja4: bool) -> ClientHello | NeedMore | Anomaly | None:
     n = len(stream)
     if n == 0:
         return NeedMore(RECORD_HEADER_LEN)
@@ -228,7 +229,7 @@ def _parse_records(stream: bytes) -> ClientHello | NeedMore | Anomaly | None:
             return _not_client_hello(frags[0][0])
         if need and have >= need:
             message = frags[0] if len(frags) == 1 else b"".join(frags)
-            return _parse_body(message, need, "t")
+            return _parse_body(message, need, "t", ja4)
         if end < start + rlen:  # this record is cut off in the buffer
             missing = (need - have) if need else HANDSHAKE_HEADER_LEN - have
             if missing <= start + rlen - end:
@@ -263,11 +264,13 @@ def _not_client_hello(msg_type: int) -> Anomaly | None:
 # ---------------------------------------------------------------------------
 
 
-def parse_client_hello_handshake(hs: bytes, transport: str = "t") -> ClientHello | NeedMore | Anomaly | None:
+def parse_client_hello_handshake(
+    hs: bytes, transport: str = "t", ja4: bool = True
+) -> ClientHello | NeedMore | Anomaly | None:
     """Decode a bare handshake message (type 1, 3-byte length, body), e.g. QUIC CRYPTO data.
 
-    `transport` is JA4's first letter: "t" TCP, "q" QUIC, "d" DTLS. Bytes after
-    the message are ignored.
+    `transport` is JA4's first letter: "t" TCP, "q" QUIC, "d" DTLS; `ja4` as for
+    `parse_tls_client_hello`. Bytes after the message are ignored.
     """
     n = len(hs)
     if n == 0:
@@ -282,12 +285,12 @@ def parse_client_hello_handshake(hs: bytes, transport: str = "t") -> ClientHello
     if n < HANDSHAKE_HEADER_LEN + length:
         return NeedMore(HANDSHAKE_HEADER_LEN + length)
     try:
-        return _parse_body(hs, HANDSHAKE_HEADER_LEN + length, transport)
+        return _parse_body(hs, HANDSHAKE_HEADER_LEN + length, transport, ja4)
     except DecodeError as err:
         return err.anomaly
 
 
-def _parse_body(hs: bytes, end: int, transport: str) -> ClientHello:
+def _parse_body(hs: bytes, end: int, transport: str, ja4: bool) -> ClientHello:
     """The ClientHello body in hs[4:end]; raises DecodeError with the field's anomaly."""
     r = Reader(hs, HANDSHAKE_HEADER_LEN, end, BODY_TRUNCATED)
     legacy_version = r.u16()
@@ -316,7 +319,9 @@ def _parse_body(hs: bytes, end: int, transport: str) -> ClientHello:
         ech=EXT_ECH in exts.types,
         ja4=ja4_fingerprint(
             transport, max(offered, default=0), ciphers, exts.types, alpn[0] if alpn else None, exts.sigalgs
-        ),
+        )
+        if ja4
+        else "",
     )
 
 

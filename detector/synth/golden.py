@@ -276,6 +276,26 @@ def _dns_frag_ech(rng: random.Random) -> list[Packet]:
     return _dns_frag(rng) + list(_tls(rng, _path("104.18.0.77"), w.ECH_PUBLIC_NAME, t0=T0 + 0.05, ech=True))
 
 
+@trace("shared-address-gemini-and-search",
+       "One Google front-end address serves gemini.google.com and, on a second connection from the same "
+       "client, www.google.com with a larger download: only the Gemini flow is AI.",
+       [_expect("gemini.google.com", "google_gemini", "tls-sni", "tcp", 443)])
+def _shared_address(rng: random.Random) -> list[Packet]:
+    return _two_on_one_address(rng, _path(_addr("gemini.google.com")))
+
+
+@trace("shared-address-gemini-and-search-vlan", "The same two connections on 802.1Q VLAN 120.",
+       [_expect("gemini.google.com", "google_gemini", "tls-sni", "tcp", 443)])
+def _shared_address_vlan(rng: random.Random) -> list[Packet]:
+    return _two_on_one_address(rng, _path(_addr("gemini.google.com"), wrap=tunnels.Vlan(120)))
+
+
+def _two_on_one_address(rng: random.Random, path: Path) -> list[Packet]:
+    ai = list(_tls(rng, path, "gemini.google.com"))
+    other = list(_tls(rng, path, "www.google.com", sport=51001, t0=T0 + 0.02, turns=((600, 60000, False, 0.0),)))
+    return sorted(ai + other, key=lambda p: p[0])
+
+
 @trace("vlan-8021q-tls-mistral", "TLS to chat.mistral.ai on 802.1Q VLAN 120.", [MISTRAL])
 def _vlan(rng: random.Random) -> list[Packet]:
     return list(_tls(rng, _path(_addr("chat.mistral.ai"), wrap=tunnels.Vlan(120)), "chat.mistral.ai"))

@@ -79,6 +79,24 @@ def test_fast_path_keeps_most_packets_out_of_python(cfg) -> None:
     assert main.stats.packets == sum(1 for _ in iter_frames(sample))
 
 
+@pytest.mark.parametrize("name", ["shared-address-gemini-and-search", "shared-address-gemini-and-search-vlan"])
+def test_pass_two_skips_a_flow_named_not_to_matter_on_a_discovered_address(name: str, cfg) -> None:
+    """Gemini makes the Google address one to watch; the www.google.com download on the same
+    address was named in pass 1 and never reaches Python again (events: see the golden
+    trace and the agreement tests above)."""
+    trace = ROOT / "tests" / "golden" / "traces" / f"{name}.pcap"
+    two = TwoPass(cfg, build_classifier(cfg))
+    fed: list[int] = []
+    main = Pipeline(cfg, two.discovery.classifier, lambda ev: None, Stats())
+    feed = main.feed
+    main.feed = lambda ts, lt, data: (fed.append(1), feed(ts, lt, data))  # type: ignore[method-assign]
+    two.analyze(trace, main)
+    assert len(two.quiet) == 2 and len(two.loud) == 2, "each flow's two directions"
+    frames = sum(1 for _ in iter_frames(trace))
+    google_only = frames - len(fed)
+    assert google_only > 40, f"pass 2 fed {len(fed)} of {frames} frames"
+
+
 @pytest.mark.parametrize("path", [p for p in OWN if usable(p)], ids=[p.name for p in OWN if usable(p)])
 def test_splitting_a_capture_over_two_processes_changes_nothing(path: Path, cfg) -> None:
     """Flows are shared out by an address hash that is the same in both directions; DNS goes
