@@ -61,6 +61,7 @@ class TwoPass:
         # 5-tuple seen both ways (reused ports) is never skipped.
         self.quiet: set[bytes] = set()
         self.loud: set[bytes] = set()
+        self._main: Pipeline | None = None  # whose lookups pass 1 reports
 
     def _watch(self, addr: bytes, reportable: bool) -> None:
         if reportable:
@@ -78,20 +79,28 @@ class TwoPass:
             self.quiet.update((up, down))
 
     def _event(self, ev: UsageEvent) -> None:
-        if ev.kind != "dns" and ev.server_ip:
+        if ev.evidence == "dns":
+            # Pass 1 sees every DNS datagram: its lookups are the main pipeline's, which
+            # reports only DNS over TCP (a flow) in pass 2.
+            if ev.transport == "udp" and self._main is not None:
+                self._main.stats.events += 1
+                self._main.emit(ev)
+        elif ev.server_ip:
             self.discovered.add(socket.inet_pton(socket.AF_INET6 if ":" in ev.server_ip else socket.AF_INET, ev.server_ip))
 
     def analyze(self, path: Path, main: Pipeline, part: tuple[int, int] | None = None) -> None:
         """Both passes over one file; events come out of `main` as usual. Raises
         FastPathUnavailable, before `main` saw anything of the file, when libpcap cannot read
         the whole file (a truncated capture): the caller reads that one with the full path."""
+        reporting = main.report_lookups
+        self._main = main if reporting else None
+        self.discovery.report_lookups = reporting
         try:
-            read, admitted = feed_partitioned(
+            _, admitted = feed_partitioned(
                 path, self.discovery.feed, flow_heads=FLOW_HEAD_PACKETS, python_udp_ports=PYTHON_UDP_PORTS, part=part
             )
         except CaptureError as exc:
             raise FastPathUnavailable(str(exc)) from None
-        self.skipped += read - admitted
         # Flows still open at the end of the file have not been classified yet.
         reportable = self.discovery.reportable
         for flow in self.discovery.table.open_flows():
@@ -103,13 +112,17 @@ class TwoPass:
         ms = main.stats
         kept = (ms.packets, ms.bytes, ms.frames_skipped, ms.dns_datagrams, dict(ms.anomalies))
         main.count_coverage = False
+        main.report_lookups = False
         try:
-            feed_partitioned(
+            # Pass 2's C part reads every IPv4 TCP/UDP packet (pass 1's left server data out).
+            read, _ = feed_partitioned(
                 path, main.feed, addresses=v4 or b"\0\0\0\0", python_udp_ports=PYTHON_UDP_PORTS, part=part,
                 skip=self.quiet,
             )  # fmt: skip
+            self.skipped += read - admitted
         finally:
             main.count_coverage = True
+            main.report_lookups = reporting
             ms.packets, ms.bytes, ms.frames_skipped, ms.dns_datagrams, ms.anomalies = kept
 
     def finish(self, main: Pipeline) -> None:
@@ -147,7 +160,6 @@ def _share(args: tuple[Path, int, int]) -> tuple[list[UsageEvent], Stats]:
     # Every share sees all DNS (for its cache); share 0 reports the lookups.
     main.report_lookups = k == 0
     two = TwoPass(cfg, classifier)
-    two.discovery.report_lookups = False
     two.analyze(path, main, part=(k, n))
     two.finish(main)
     return events, main.stats

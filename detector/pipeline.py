@@ -191,7 +191,10 @@ class Pipeline:
 
     def _dns_datagram(self, pkt: L4Packet) -> None:
         self.stats.dns_datagrams += 1
-        msg = dns_dec.parse_dns(pkt.payload)
+        payload = pkt.payload
+        if not self.report_lookups and len(payload) > 2 and not payload[2] & 0x80:
+            return  # a query only makes the lookup event, which another pipeline reports
+        msg = dns_dec.parse_dns(payload)
         if type(msg) is DnsMessage:
             if msg.is_response:
                 self._dns_response(pkt.ts, pkt.dst, pkt.src, pkt.sport, msg, pkt.ip_len, "udp")

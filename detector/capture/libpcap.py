@@ -61,15 +61,24 @@ def fast_path_linktype(path: Path) -> int | None:
     return dlt if dlt in _L2_OFFSET else None
 
 
+# What a server sends from a well-known port to a client's ephemeral one, but SYN/FIN/RST.
+_SERVER_DATA = (
+    "tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) == 0 and tcp src portrange 0-1023 and tcp dst portrange 1024-65535"
+)
+
 # DNS over UDP reaches every share whole: each share's DNS cache must know every client's
 # lookups. (DNS over TCP is a flow like any other: it goes to its flow's share.)
 _DNS = "udp port 53 or udp port 8053"
 
 
-def _filters(dlt: int, python_udp_ports: Iterable[int], part: tuple[int, int] | None = None) -> tuple[str, str]:
+def _filters(
+    dlt: int, python_udp_ports: Iterable[int], part: tuple[int, int] | None = None, heads: bool = False
+) -> tuple[str, str]:
     """BPF for the C part and for the Python part. The C part is IPv4 TCP/UDP except DNS, the
     UDP ports that carry tunnels (their content is flows) and fragments (no ports for the C
-    flow key); the Python part is the rest.
+    flow key); the Python part is the rest. With `heads`, the C part also leaves out what a
+    server sends from a well-known port to a client's high one, other than SYN, FIN and RST:
+    names come from clients, and the flow heads are then the client's own packets.
 
     With `part` = (k, n), n a power of two, only the k-th of n shares: a flow's share is a
     hash of its two addresses that is the same in both directions (last octets xor-ed);
@@ -82,8 +91,11 @@ def _filters(dlt: int, python_udp_ports: Iterable[int], part: tuple[int, int] | 
     not_c = f"{udp} or {_DNS} or tcp port 53" if udp else f"{_DNS} or tcp port 53"
     ipv4 = f"ip and (tcp or udp) and (ip[6:2] & 0x3fff) == 0 and not ({not_c})"
     c_all = f"({ipv4}) or (vlan and ({ipv4}))" if ethernet else ipv4
+    if heads:
+        ipv4 += f" and not ({_SERVER_DATA})"
+    c_heads = f"({ipv4}) or (vlan and ({ipv4}))" if ethernet else ipv4
     if part is None:
-        return c_all, f"not ({c_all})"
+        return c_heads, f"not ({c_all})"
     k, n = part
     m = n - 1
     # The share of IPv4/IPv6 packets, untagged and behind one 802.1Q/802.1ad tag.
@@ -137,7 +149,7 @@ def feed_partitioned(
     skip: set[bytes] | frozenset[bytes] = frozenset(),
 ) -> tuple[int, int]:
     """Feed a file's frames, in time order, to `feed`: of IPv4 TCP/UDP (not DNS) only the
-    first `flow_heads` packets of each direction of each flow, or only the packets to or from
+    first `flow_heads` packets of each flow (server data left out, see _filters), or only the packets to or from
     `addresses` (packed IPv4, 4 bytes each); all other packets whole, among them UDP on
     `python_udp_ports` (DNS, tunnels); with `part`, one share of the flows (see _filters).
     IPv4 TCP/UDP packets whose `flow_key` is in `skip` are dropped before `feed`. Returns
@@ -146,7 +158,7 @@ def feed_partitioned(
     dlt = fast_path_linktype(path)
     if dlt is None:
         raise CaptureError(f"{path}: not readable by the fast path")
-    c_filter, py_filter = _filters(dlt, python_udp_ports, part)
+    c_filter, py_filter = _filters(dlt, python_udp_ports, part, heads=bool(flow_heads))
     rest = _python_part(path, py_filter, dlt)
     pending = next(rest, None)
     admit = (1 << FLOW_HEAD) if flow_heads else (1 << SET_MATCH)
