@@ -93,7 +93,9 @@ class IPFragment:
 # ---------------------------------------------------------------------------
 
 
-@dataclass(slots=True, frozen=True)
+# Parser records that are made per packet are not frozen: a frozen dataclass sets each
+# field through object.__setattr__, several times slower, and nothing mutates them.
+@dataclass(slots=True)
 class DnsAnswer:
     """One resource record from an answer section: A/AAAA (value = address text) or CNAME (value = target)."""
 
@@ -103,7 +105,7 @@ class DnsAnswer:
     value: str
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class DnsMessage:
     """A DNS message: lower-cased names without trailing dot."""
 

@@ -94,7 +94,7 @@ def parse_dns(msg: bytes) -> DnsMessage | Anomaly | None:
         return None
     if qdcount > MAX_QUESTIONS:
         return TOO_MANY_QUESTIONS
-    names: dict[int, tuple[bytes, int, int]] = {}
+    names: dict[int, tuple[str, int, int, int]] = {}
     try:
         questions, pos = _questions(msg, qdcount, names)
     except DecodeError as err:
@@ -126,7 +126,7 @@ def parse_dns_tcp(stream: bytes) -> tuple[list[DnsMessage | Anomaly], int]:
     return out, pos
 
 
-def _questions(msg: bytes, count: int, names: dict[int, tuple[bytes, int, int]]) -> tuple[tuple[tuple[str, int], ...], int]:
+def _questions(msg: bytes, count: int, names: dict[int, tuple[str, int, int, int]]) -> tuple[tuple[tuple[str, int], ...], int]:
     pos = HEADER_LEN
     questions = []
     for _ in range(count):
@@ -138,7 +138,7 @@ def _questions(msg: bytes, count: int, names: dict[int, tuple[bytes, int, int]])
     return tuple(questions), pos
 
 
-def _answers(msg: bytes, pos: int, count: int, names: dict[int, tuple[bytes, int, int]]) -> tuple[DnsAnswer, ...]:
+def _answers(msg: bytes, pos: int, count: int, names: dict[int, tuple[str, int, int, int]]) -> tuple[DnsAnswer, ...]:
     """A/AAAA/CNAME records of the answer section, up to the first one that is cut or broken."""
     answers = []
     n = len(msg)
@@ -162,7 +162,7 @@ def _answers(msg: bytes, pos: int, count: int, names: dict[int, tuple[bytes, int
     return tuple(answers)
 
 
-def _rdata(msg: bytes, rtype: int, start: int, length: int, names: dict[int, tuple[bytes, int, int]]) -> str | None:
+def _rdata(msg: bytes, rtype: int, start: int, length: int, names: dict[int, tuple[str, int, int, int]]) -> str | None:
     """The text of an A/AAAA/CNAME rdata; None for a malformed rdata (skipped)."""
     if rtype == TYPE_A:
         return inet_ntoa(msg[start : start + 4]) if length == 4 else None
@@ -175,7 +175,7 @@ def _rdata(msg: bytes, rtype: int, start: int, length: int, names: dict[int, tup
     return target if end <= start + length else None
 
 
-def _read_name(msg: bytes, pos: int, names: dict[int, tuple[bytes, int, int]]) -> tuple[str, int]:
+def _read_name(msg: bytes, pos: int, names: dict[int, tuple[str, int, int, int]]) -> tuple[str, int]:
     """The name at `pos` and the offset just after it; raises DecodeError.
 
     Every pointer must point before the start of the label run that holds it, so
@@ -184,10 +184,16 @@ def _read_name(msg: bytes, pos: int, names: dict[int, tuple[bytes, int, int]]) -
     answer section catches every DecodeError and stops there).
 
     `names` holds, per offset where a name was read from (a question or a pointer's
-    target), its raw dotted labels, label count, wire length and pointer hops: answers
-    point back at the question, and each pointer target is read once per message.
+    target), its text, label count, wire length and pointer hops: answers point back
+    at the question, and each pointer target is read once per message.
     """
     n = len(msg)
+    if pos + 1 < n and msg[pos] >= 0xC0:
+        # A bare pointer to a name already read: most owner names in an answer.
+        target = ((msg[pos] & 0x3F) << 8) | msg[pos + 1]
+        known = names.get(target)
+        if known is not None and target < pos and known[3] < MAX_POINTER_HOPS:
+            return known[0], pos + 2
     labels: list[bytes] = []
     wire = 1  # the root label's length byte
     after = -1  # offset after the name where it was written (before any jump)
@@ -195,7 +201,7 @@ def _read_name(msg: bytes, pos: int, names: dict[int, tuple[bytes, int, int]]) -
     hops = 0
     # (offset, labels so far, wire so far, hops so far) where each run began
     runs = [(pos, 0, 1, 0)]
-    tail = b""
+    tail = ""
     tail_count = 0
     while True:
         if pos >= n:
@@ -238,18 +244,26 @@ def _read_name(msg: bytes, pos: int, names: dict[int, tuple[bytes, int, int]]) -
         labels.append(msg[pos + 1 : end])
         pos = end
     count = len(labels) + tail_count
-    if tail:
-        labels.append(tail)
-    for start, k, w, h in runs:
-        names[start] = (b".".join(labels[k:]), count - k, wire - w + 1, hops - h)
     after = pos + 1 if after < 0 else after
     low = b".".join(labels).translate(_LOWER)
-    # Plain when no byte needs escaping and every dot is a label boundary.
-    if not low.translate(None, _PLAIN_OR_DOT) and low.count(b".") == max(count - 1, 0):
-        return low.decode("ascii"), after
-    if tail:  # a rare unsafe name: read it again label by label
-        return _read_name(msg, runs[0][0], {})[0], after
-    return ".".join(map(_label_text, labels)), after
+    # Plain when no byte needs escaping and every dot is a label boundary: then one decode.
+    plain = not low.translate(None, _PLAIN_OR_DOT) and low.count(b".") == len(labels) - 1
+    if plain and len(runs) == 1 and not tail_count:  # the common case: one run of labels
+        text = low.decode("ascii")
+        names[runs[0][0]] = (text, count, wire, hops)
+        return text, after
+    texts = low.decode("ascii").split(".") if plain else list(map(_label_text, labels))
+    for start, k, w, h in runs:
+        names[start] = (_joined(texts, k, tail, tail_count), count - k, wire - w + 1, hops - h)
+    return names[runs[0][0]][0], after
+
+
+def _joined(texts: list[str], k: int, tail: str, tail_count: int) -> str:
+    """The name made of texts[k:] followed by the `tail_count` labels of `tail`."""
+    head = ".".join(texts[k:]) if k < len(texts) else ""
+    if not tail_count:
+        return head
+    return f"{head}.{tail}" if head else tail
 
 
 def _label_text(raw: bytes) -> str:
