@@ -16,7 +16,7 @@ References:
 from __future__ import annotations
 
 from hashlib import sha256
-from struct import unpack_from
+from struct import Struct, unpack_from
 
 from detector.decode._reader import DecodeError, Reader
 from detector.model import Anomaly, ClientHello, NeedMore
@@ -110,6 +110,12 @@ _JA4_NOT_HASHED = (EXT_SERVER_NAME, EXT_ALPN)
 _ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 # SNI host names are DNS names in ASCII (RFC 6066 §3); printable, no space.
 _SNI_BYTES = frozenset(range(0x21, 0x7F))
+
+
+# The 16 GREASE code points as a set, for the per-extension test of the hot path.
+_GREASE = frozenset(0x0A0A + 0x1010 * i for i in range(16))
+_EXT_HEAD = Struct("!HH")
+_OPENED = frozenset((EXT_SERVER_NAME, EXT_ALPN, EXT_SUPPORTED_VERSIONS, EXT_SIGNATURE_ALGORITHMS))
 
 
 def is_grease(value: int) -> bool:
@@ -340,28 +346,34 @@ class _Extensions:
     def read(self, hs: bytes, pos: int, end: int) -> None:
         """Walk the extensions in hs[pos:end]; only four types are opened, the rest only counted."""
         seen: set[int] = set()
+        types = self.types
+        head = _EXT_HEAD.unpack_from
         while pos < end:
             if pos + 4 > end:
                 raise DecodeError(EXT_LEN_OVERFLOW)
-            etype, length = unpack_from("!HH", hs, pos)
+            etype, length = head(hs, pos)
             start, pos = pos + 4, pos + 4 + length
             if pos > end:
                 raise DecodeError(EXT_LEN_OVERFLOW)
-            if not is_grease(etype):
+            if etype not in _GREASE:
                 if etype in seen:
                     raise DecodeError(EXT_DUPLICATE)
                 seen.add(etype)
-            self.types.append(etype)
-            if etype == EXT_SERVER_NAME:
-                self.sni = _server_name(Reader(hs, start, pos, SNI_MALFORMED))
-            elif etype == EXT_ALPN:
-                self.alpn = _alpn(Reader(hs, start, pos, ALPN_MALFORMED))
-            elif etype == EXT_SUPPORTED_VERSIONS:
-                data = Reader(hs, start, pos, VERSIONS_MALFORMED)
-                self.versions = _whole(data, data.vec8().u16_list())
-            elif etype == EXT_SIGNATURE_ALGORITHMS:
-                data = Reader(hs, start, pos, SIGALGS_MALFORMED)
-                self.sigalgs = _whole(data, data.vec16().u16_list())
+            types.append(etype)
+            if etype in _OPENED:
+                self._open(etype, hs, start, pos)
+
+    def _open(self, etype: int, hs: bytes, start: int, end: int) -> None:
+        if etype == EXT_SERVER_NAME:
+            self.sni = _server_name(Reader(hs, start, end, SNI_MALFORMED))
+        elif etype == EXT_ALPN:
+            self.alpn = _alpn(Reader(hs, start, end, ALPN_MALFORMED))
+        elif etype == EXT_SUPPORTED_VERSIONS:
+            data = Reader(hs, start, end, VERSIONS_MALFORMED)
+            self.versions = _whole(data, data.vec8().u16_list())
+        else:
+            data = Reader(hs, start, end, SIGALGS_MALFORMED)
+            self.sigalgs = _whole(data, data.vec16().u16_list())
 
 
 def _whole(container: Reader, values: list[int]) -> list[int]:
