@@ -20,7 +20,7 @@ import dataclasses
 import socket
 from pathlib import Path
 
-from detector.capture.libpcap import fast_path_linktype, feed_partitioned, flow_key
+from detector.capture.libpcap import Recording, fast_path_linktype, feed_partitioned, flow_key
 from detector.capture.pcapfile import CaptureError
 from detector.config import Config
 from detector.decode.tunnels import UDP_TUNNELS
@@ -39,6 +39,9 @@ PYTHON_UDP_PORTS = frozenset(DNS_UDP_PORTS | set(UDP_TUNNELS))
 # packets even when their server is discovered (a CDN address that an AI service shares).
 # Beyond this many, further such flows just go through Python in pass 2.
 MAX_QUIET_FLOWS = 100_000
+# Pass 1 keeps what it read for the Python part (DNS, IPv6, tunnels) up to this many bytes,
+# so that pass 2 need not read and filter the whole file a second time for it.
+MAX_RECORDING_BYTES = 64 << 20
 
 
 def usable(path: Path) -> bool:
@@ -95,10 +98,12 @@ class TwoPass:
         reporting = main.report_lookups
         self._main = main if reporting else None
         self.discovery.report_lookups = reporting
+        recording = Recording(MAX_RECORDING_BYTES)
         try:
             _, admitted = feed_partitioned(
-                path, self.discovery.feed, flow_heads=FLOW_HEAD_PACKETS, python_udp_ports=PYTHON_UDP_PORTS, part=part
-            )
+                path, self.discovery.feed, flow_heads=FLOW_HEAD_PACKETS, python_udp_ports=PYTHON_UDP_PORTS, part=part,
+                record=recording,
+            )  # fmt: skip
         except CaptureError as exc:
             raise FastPathUnavailable(str(exc)) from None
         # Flows still open at the end of the file have not been classified yet.
@@ -117,7 +122,7 @@ class TwoPass:
             # Pass 2's C part reads every IPv4 TCP/UDP packet (pass 1's left server data out).
             read, _ = feed_partitioned(
                 path, main.feed, addresses=v4 or b"\0\0\0\0", python_udp_ports=PYTHON_UDP_PORTS, part=part,
-                skip=self.quiet,
+                skip=self.quiet, replay=recording.frames,
             )  # fmt: skip
             self.skipped += read - admitted
         finally:

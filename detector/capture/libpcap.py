@@ -120,7 +120,35 @@ def _filters(
     return c_part, f"(({every}) or {mine}) and not ({c_all})"
 
 
-def _python_part(path: Path, expression: str, dlt: int) -> Iterator[Frame]:
+class Recording:
+    """The Python part of one read, kept for a second pass over the same file and share,
+    up to a size: when it grows past `limit` bytes it is dropped and the second pass reads
+    the file again."""
+
+    __slots__ = ("frames", "size", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.frames: list[Frame] | None = []
+        self.size = 0
+        self.limit = limit
+
+    def add(self, frame: Frame) -> None:
+        """Keep one frame (or give up keeping)."""
+        frames = self.frames
+        if frames is None:
+            return
+        self.size += len(frame[2]) + _FRAME_OVERHEAD
+        if self.size > self.limit:
+            self.frames = None
+        else:
+            frames.append(frame)
+
+
+# Bytes a kept frame costs besides its data (tuple, float, bytes header, list slot).
+_FRAME_OVERHEAD = 120
+
+
+def _python_part(path: Path, expression: str, dlt: int, record: Recording | None) -> Iterator[Frame]:
     cap = pcapy.open_offline(str(path))
     try:
         cap.setfilter(expression)
@@ -129,9 +157,14 @@ def _python_part(path: Path, expression: str, dlt: int) -> Iterator[Frame]:
             if not meta:
                 return
             view = memoryview(meta).cast("I")
-            for i in range(0, len(view), 4):
-                off = view[i + 2]
-                yield view[i] + view[i + 1] * 1e-6, dlt, data[off : off + view[i + 3]]
+            batch = [
+                (view[i] + view[i + 1] * 1e-6, dlt, data[view[i + 2] : view[i + 2] + view[i + 3]])
+                for i in range(0, len(view), 4)
+            ]
+            if record is not None:
+                for frame in batch:
+                    record.add(frame)
+            yield from batch
     except pcapy.PcapError as exc:
         raise CaptureError(f"{path}: {exc}") from None
     finally:
@@ -147,19 +180,23 @@ def feed_partitioned(
     python_udp_ports: Iterable[int] = (53,),
     part: tuple[int, int] | None = None,
     skip: set[bytes] | frozenset[bytes] = frozenset(),
+    record: Recording | None = None,
+    replay: list[Frame] | None = None,
 ) -> tuple[int, int]:
     """Feed a file's frames, in time order, to `feed`: of IPv4 TCP/UDP (not DNS) only the
     first `flow_heads` packets of each flow (server data left out, see _filters), or only the packets to or from
     `addresses` (packed IPv4, 4 bytes each); all other packets whole, among them UDP on
     `python_udp_ports` (DNS, tunnels); with `part`, one share of the flows (see _filters).
-    IPv4 TCP/UDP packets whose `flow_key` is in `skip` are dropped before `feed`. Returns
-    how many IPv4 TCP/UDP packets the C part read and how many of them it let through.
-    Raises CaptureError when libpcap fails mid-file."""
+    IPv4 TCP/UDP packets whose `flow_key` is in `skip` are dropped before `feed`. The
+    Python part is kept in `record`, or taken from `replay` (what a `record` of the same
+    file and share kept) instead of the file. Returns how many IPv4 TCP/UDP packets the C
+    part read and how many of them it let through. Raises CaptureError when libpcap fails
+    mid-file."""
     dlt = fast_path_linktype(path)
     if dlt is None:
         raise CaptureError(f"{path}: not readable by the fast path")
     c_filter, py_filter = _filters(dlt, python_udp_ports, part, heads=bool(flow_heads))
-    rest = _python_part(path, py_filter, dlt)
+    rest = iter(replay) if replay is not None else _python_part(path, py_filter, dlt, record)
     pending = next(rest, None)
     admit = (1 << FLOW_HEAD) if flow_heads else (1 << SET_MATCH)
     l2 = _L2_OFFSET[dlt]

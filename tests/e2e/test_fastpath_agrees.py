@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from detector import fastpath
 from detector.app import build_classifier
+from detector.capture.libpcap import Recording
 from detector.capture.pcapfile import iter_frames
 from detector.fastpath import TwoPass, analyze_shared, usable
 from detector.model import Stats
@@ -95,6 +97,24 @@ def test_pass_two_skips_a_flow_named_not_to_matter_on_a_discovered_address(name:
     frames = sum(1 for _ in iter_frames(trace))
     google_only = frames - len(fed)
     assert google_only > 40, f"pass 2 fed {len(fed)} of {frames} frames"
+
+
+def test_pass_two_reads_the_file_again_when_pass_one_could_not_keep_the_python_part(cfg, monkeypatch) -> None:
+    sample = ROOT / "samples" / "office-sample.pcap"
+    kept = _both(sample, cfg)[1]
+    monkeypatch.setattr(fastpath, "MAX_RECORDING_BYTES", 1000)
+    full, fast = _both(sample, cfg)
+    assert fast == full == kept
+
+
+def test_a_recording_gives_up_past_its_limit() -> None:
+    rec = Recording(limit=1000)
+    rec.add((0.0, 1, bytes(500)))
+    assert rec.frames is not None and len(rec.frames) == 1
+    rec.add((0.0, 1, bytes(500)))
+    assert rec.frames is None
+    rec.add((0.0, 1, b""))
+    assert rec.frames is None
 
 
 @pytest.mark.parametrize("path", [p for p in OWN if usable(p)], ids=[p.name for p in OWN if usable(p)])
