@@ -209,7 +209,7 @@ class Daemon:
         self._rules_loaded(True)
         self.pipeline = Pipeline(cfg, self.classifier, self._emit, self.stats)
         # Every worker sees all DNS; one of them reports the lookups.
-        self.pipeline.report_lookups = self.worker is None or self.worker[0] == 0
+        self.pipeline.lookup_share = (0, 1) if self.worker is None or self.worker[0] == 0 else None
         if cfg.capture.bpf == "auto" and self.interfaces:
             self.pipeline.watch_bulk = self.bulk.add
             self.pipeline.bulk_ended = self.bulk.discard

@@ -95,9 +95,9 @@ class TwoPass:
         """Both passes over one file; events come out of `main` as usual. Raises
         FastPathUnavailable, before `main` saw anything of the file, when libpcap cannot read
         the whole file (a truncated capture): the caller reads that one with the full path."""
-        reporting = main.report_lookups
-        self._main = main if reporting else None
-        self.discovery.report_lookups = reporting
+        reporting = main.lookup_share
+        self._main = main if reporting is not None else None
+        self.discovery.lookup_share = reporting
         recording = Recording(MAX_RECORDING_BYTES)
         try:
             _, admitted = feed_partitioned(
@@ -117,7 +117,7 @@ class TwoPass:
         ms = main.stats
         kept = (ms.packets, ms.bytes, ms.frames_skipped, ms.dns_datagrams, dict(ms.anomalies))
         main.count_coverage = False
-        main.report_lookups = False
+        main.lookup_share = None
         try:
             # Pass 2's C part reads every IPv4 TCP/UDP packet (pass 1's left server data out).
             read, _ = feed_partitioned(
@@ -127,7 +127,7 @@ class TwoPass:
             self.skipped += read - admitted
         finally:
             main.count_coverage = True
-            main.report_lookups = reporting
+            main.lookup_share = reporting
             ms.packets, ms.bytes, ms.frames_skipped, ms.dns_datagrams, ms.anomalies = kept
 
     def finish(self, main: Pipeline) -> None:
@@ -162,8 +162,8 @@ def _share(args: tuple[Path, int, int]) -> tuple[list[UsageEvent], Stats]:
     cfg, classifier = _SHARED  # type: ignore[misc]
     events: list[UsageEvent] = []
     main = Pipeline(cfg, classifier, events.append, Stats())
-    # Every share sees all DNS (for its cache); share 0 reports the lookups.
-    main.report_lookups = k == 0
+    # Every share sees all DNS (for its cache) and reports the lookups of its own clients.
+    main.lookup_share = (k, n)
     two = TwoPass(cfg, classifier)
     two.analyze(path, main, part=(k, n))
     two.finish(main)
@@ -189,10 +189,10 @@ def analyze_shared(path: Path, cfg: Config, classifier: object, shares: int) -> 
     for k, (evs, st) in enumerate(results):
         events.extend(evs)
         if k:
-            # DNS reached every share: its datagrams and anomalies count once, in share 0.
+            # DNS reached every share: its datagrams count once, in share 0 (its anomalies
+            # are counted by the share that reports the client's lookups).
             st.packets -= st.dns_datagrams
             st.dns_datagrams = 0
-            st.anomalies = {a: c for a, c in st.anomalies.items() if not a.startswith("dns.")}
         add_stats(total, st)
     return events, total
 

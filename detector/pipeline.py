@@ -92,7 +92,10 @@ class Pipeline:
         # downloading may have its downloads dropped in the kernel, until it ends.
         self.watch_bulk: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
         self.bulk_ended: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
-        self.report_lookups = True  # False in all but one of several workers (UDP DNS reaches all)
+        # Which UDP lookups this pipeline reports when several see the same DNS datagrams
+        # (fanout workers, fast-path shares): those of clients whose address's last byte
+        # is k modulo n, as (k, n); None: none. Their DNS anomalies are counted the same way.
+        self.lookup_share: tuple[int, int] | None = (0, 1)
         self.count_coverage = True  # False while the fast path re-reads packets already counted
         self.fingerprint = True  # JA4 of each hello; the fast path's discovery needs names only
 
@@ -192,16 +195,23 @@ class Pipeline:
     def _dns_datagram(self, pkt: L4Packet) -> None:
         self.stats.dns_datagrams += 1
         payload = pkt.payload
-        if not self.report_lookups and len(payload) > 2 and not payload[2] & 0x80:
-            return  # a query only makes the lookup event, which another pipeline reports
+        response = len(payload) > 2 and payload[2] & 0x80
+        mine = self._reports(pkt.dst if response else pkt.src)
+        if not (mine or response):
+            return  # a query only makes its lookup event, which another pipeline reports
         msg = dns_dec.parse_dns(payload)
         if type(msg) is DnsMessage:
             if msg.is_response:
                 self._dns_response(pkt.ts, pkt.dst, pkt.src, pkt.sport, msg, pkt.ip_len, "udp")
             else:
                 self._dns_query(pkt.ts, pkt.src, pkt.dst, pkt.dport, msg, pkt.ip_len, "udp")
-        elif msg is not None:
+        elif msg is not None and mine:
             self.stats.anomaly(msg.kind)
+
+    def _reports(self, client: bytes) -> bool:
+        """Whether this pipeline reports the UDP lookups of `client` (see lookup_share)."""
+        share = self.lookup_share
+        return share is not None and (share[1] == 1 or client[-1] % share[1] == share[0])
 
     def _dns_query(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
         if not msg.questions:
@@ -225,7 +235,7 @@ class Pipeline:
         self._dns_events(ts, client, server, port, msg, size, transport)
 
     def _dns_events(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
-        if not self.report_lookups and transport == "udp":
+        if transport == "udp" and not self._reports(client):
             return  # another worker or share reports the DNS datagrams that all of them see
         events = self.classifier.classify_dns(  # type: ignore[attr-defined]
             ts, client, server, port, msg, size, self.include_unmatched, transport=transport, include_candidates=True

@@ -10,6 +10,9 @@ import pytest
 from detector import fastpath
 from detector.app import build_classifier
 from detector.capture.libpcap import Recording
+from detector.capture.pcapfile import PcapWriter
+from detector.synth import builders as b
+from detector.synth.path import Path as WirePath
 from detector.capture.pcapfile import iter_frames
 from detector.fastpath import TwoPass, analyze_shared, usable
 from detector.model import Stats
@@ -129,3 +132,35 @@ def test_splitting_a_capture_over_two_processes_changes_nothing(path: Path, cfg)
     events, stats = analyze_shared(path, cfg, classifier, 2)
     assert sorted(map(_key, events)) == sorted(map(_key, full))
     assert _coverage(stats) == _coverage(pipe.stats)
+    assert _dns_anomalies(stats) == _dns_anomalies(pipe.stats), "each share counts its own clients' DNS"
+
+
+def test_splitting_counts_each_dns_anomaly_once_and_reports_every_clients_lookups(cfg, tmp_path) -> None:
+    """Clients with even and odd last bytes (the two shares' lookups), AI and ordinary names,
+    and broken messages from both."""
+    capture = tmp_path / "dns.pcap"
+    with PcapWriter(capture) as out:
+        ts = 1_790_000_000.0
+        for last in range(10, 18):
+            path = WirePath(b.ip_bytes(f"10.20.1.{last}"), b.ip_bytes("10.10.0.53"))
+            for i, name in enumerate(("chatgpt.com", "www.nu.nl", "claude.ai")):
+                ts += 0.01
+                out.write(ts, path.udp(True, 40000 + i, 53, b.dns_query(last * 8 + i, name, 1)))
+                ts += 0.01
+                out.write(ts, path.udp(False, 53, 40000 + i, b.dns_response(last * 8 + i, name, 1, [(name, 1, 60, "104.18.0.9")])))
+            out.write(ts, path.udp(True, 40010, 53, bytes(8)))  # dns.short_header
+            out.write(ts, path.udp(True, 40011, 53, b.dns_query(7, "chatgpt.com", 1)[:20]))  # truncated question
+    classifier = build_classifier(cfg)
+    full: list = []
+    pipe = Pipeline(cfg, classifier, full.append, Stats())
+    pipe.run(iter_frames(capture))
+    pipe.finish()
+    assert _dns_anomalies(pipe.stats) == {"dns.short_header": 8, "dns.truncated_question": 8}
+    assert sum(1 for e in full if e.kind == "dns" and e.service) == 16
+    events, stats = analyze_shared(capture, cfg, classifier, 2)
+    assert sorted(map(_key, events)) == sorted(map(_key, full))
+    assert _dns_anomalies(stats) == _dns_anomalies(pipe.stats)
+
+
+def _dns_anomalies(stats: Stats) -> dict[str, int]:
+    return {k: v for k, v in stats.anomalies.items() if k.startswith("dns.")}
