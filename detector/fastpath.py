@@ -99,6 +99,9 @@ class TwoPass:
         self._main = main if reporting is not None else None
         self.discovery.lookup_share = reporting
         recording = Recording(MAX_RECORDING_BYTES)
+        # Pass 2 reads the same DNS datagrams again (from the recording): parse them once.
+        memo: dict[bytes, object] = {}
+        self.discovery.dns_memo = main.dns_memo = memo
         try:
             _, admitted = feed_partitioned(
                 path, self.discovery.feed, flow_heads=FLOW_HEAD_PACKETS, python_udp_ports=PYTHON_UDP_PORTS, part=part,
@@ -126,6 +129,7 @@ class TwoPass:
             )  # fmt: skip
             self.skipped += read - admitted
         finally:
+            self.discovery.dns_memo = main.dns_memo = None
             main.count_coverage = True
             main.lookup_share = reporting
             ms.packets, ms.bytes, ms.frames_skipped, ms.dns_datagrams, ms.anomalies = kept

@@ -62,6 +62,9 @@ MAX_PENDING_QUERIES = 8192
 _TLS_PORTS = frozenset({443, 853, 8443})
 
 
+# Entries of a shared DNS memo (see Pipeline.dns_memo), about 600 bytes each.
+MAX_DNS_MEMO = 50_000
+
 class Pipeline:
     """Turns frames into UsageEvents through `emit`; counts everything into `stats`."""
 
@@ -96,6 +99,9 @@ class Pipeline:
         # (fanout workers, fast-path shares): those of clients whose address's last byte
         # is k modulo n, as (k, n); None: none. Their DNS anomalies are counted the same way.
         self.lookup_share: tuple[int, int] | None = (0, 1)
+        # Parsed DNS datagrams by payload, shared with a pipeline that reads the same ones
+        # again (the fast path's two passes); None: parse each.
+        self.dns_memo: dict[bytes, object] | None = None
         self.count_coverage = True  # False while the fast path re-reads packets already counted
         self.fingerprint = True  # JA4 of each hello; the fast path's discovery needs names only
 
@@ -199,7 +205,15 @@ class Pipeline:
         mine = self._reports(pkt.dst if response else pkt.src)
         if not (mine or response):
             return  # a query only makes its lookup event, which another pipeline reports
-        msg = dns_dec.parse_dns(payload)
+        memo = self.dns_memo
+        if memo is None:
+            msg = dns_dec.parse_dns(payload)
+        else:
+            msg = memo.get(payload, memo)
+            if msg is memo:
+                msg = dns_dec.parse_dns(payload)
+                if len(memo) < MAX_DNS_MEMO:
+                    memo[payload] = msg
         if type(msg) is DnsMessage:
             if msg.is_response:
                 self._dns_response(pkt.ts, pkt.dst, pkt.src, pkt.sport, msg, pkt.ip_len, "udp")

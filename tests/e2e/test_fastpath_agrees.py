@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from detector import fastpath
+from detector import pipeline as pipeline_mod
 from detector.app import build_classifier
 from detector.capture.libpcap import Recording
 from detector.capture.pcapfile import PcapWriter
@@ -135,10 +136,9 @@ def test_splitting_a_capture_over_two_processes_changes_nothing(path: Path, cfg)
     assert _dns_anomalies(stats) == _dns_anomalies(pipe.stats), "each share counts its own clients' DNS"
 
 
-def test_splitting_counts_each_dns_anomaly_once_and_reports_every_clients_lookups(cfg, tmp_path) -> None:
+def _dns_capture(capture: Path) -> Path:
     """Clients with even and odd last bytes (the two shares' lookups), AI and ordinary names,
     and broken messages from both."""
-    capture = tmp_path / "dns.pcap"
     with PcapWriter(capture) as out:
         ts = 1_790_000_000.0
         for last in range(10, 18):
@@ -150,6 +150,11 @@ def test_splitting_counts_each_dns_anomaly_once_and_reports_every_clients_lookup
                 out.write(ts, path.udp(False, 53, 40000 + i, b.dns_response(last * 8 + i, name, 1, [(name, 1, 60, "104.18.0.9")])))
             out.write(ts, path.udp(True, 40010, 53, bytes(8)))  # dns.short_header
             out.write(ts, path.udp(True, 40011, 53, b.dns_query(7, "chatgpt.com", 1)[:20]))  # truncated question
+    return capture
+
+
+def test_splitting_counts_each_dns_anomaly_once_and_reports_every_clients_lookups(cfg, tmp_path) -> None:
+    capture = _dns_capture(tmp_path / "dns.pcap")
     classifier = build_classifier(cfg)
     full: list = []
     pipe = Pipeline(cfg, classifier, full.append, Stats())
@@ -160,6 +165,23 @@ def test_splitting_counts_each_dns_anomaly_once_and_reports_every_clients_lookup
     events, stats = analyze_shared(capture, cfg, classifier, 2)
     assert sorted(map(_key, events)) == sorted(map(_key, full))
     assert _dns_anomalies(stats) == _dns_anomalies(pipe.stats)
+
+
+def test_a_shared_dns_memo_changes_nothing_and_stops_growing_at_its_bound(cfg, tmp_path, monkeypatch) -> None:
+    capture = _dns_capture(tmp_path / "dns.pcap")
+    classifier = build_classifier(cfg)
+    monkeypatch.setattr(pipeline_mod, "MAX_DNS_MEMO", 5)
+    results = []
+    memo: dict = {}
+    for shared in (None, memo, memo):  # without, filling it, reading it
+        events: list = []
+        pipe = Pipeline(cfg, classifier, events.append, Stats())
+        pipe.dns_memo = shared
+        pipe.run(iter_frames(capture))
+        pipe.finish()
+        results.append((sorted(map(_key, events)), pipe.stats.anomalies))
+    assert len(memo) == 5
+    assert results[0] == results[1] == results[2]
 
 
 def _dns_anomalies(stats: Stats) -> dict[str, int]:
