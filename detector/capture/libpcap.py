@@ -15,6 +15,7 @@ from pathlib import Path
 import pcapy
 
 from detector.capture.pcapfile import CaptureError
+from detector.model import DNS_UDP_PORTS
 
 # Where the IPv4 header starts, per DLT, for the C classifier (it skips VLAN tags itself).
 _L2_OFFSET = {1: 14, 113: 16, 276: 20, 12: 0, 14: 0, 101: 0, 0: 4, 108: 4}
@@ -66,9 +67,25 @@ _SERVER_DATA = (
     "tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) == 0 and tcp src portrange 0-1023 and tcp dst portrange 1024-65535"
 )
 
+_DNS_PORTS = tuple(sorted(DNS_UDP_PORTS))
+
+
+def _dns_ports(at: int) -> str:
+    return " or ".join(f"ether[{at + side}:2] == {port}" for side in (0, 2) for port in _DNS_PORTS)
+
+
+# UDP DNS behind one 802.1Q/802.1ad tag, at fixed Ethernet offsets (IPv4 without options and
+# not a fragment, or IPv6 with UDP next).
+_TAGGED_DNS = (
+    "((ether[12:2] == 0x8100 or ether[12:2] == 0x88a8) and ("
+    f"(ether[16:2] == 0x0800 and ether[18] == 0x45 and ether[27] == 17 and (ether[24:2] & 0x3fff) == 0"
+    f" and ({_dns_ports(38)}))"
+    f" or (ether[16:2] == 0x86dd and ether[24] == 17 and ({_dns_ports(58)}))))"
+)
+
 # DNS over UDP reaches every share whole: each share's DNS cache must know every client's
 # lookups. (DNS over TCP is a flow like any other: it goes to its flow's share.)
-_DNS = "udp port 53 or udp port 8053"
+_DNS = " or ".join(f"udp port {port}" for port in _DNS_PORTS)
 
 
 def _filters(
@@ -82,9 +99,10 @@ def _filters(
 
     With `part` = (k, n), n a power of two, only the k-th of n shares: a flow's share is a
     hash of its two addresses that is the same in both directions (last octets xor-ed);
-    untagged DNS over UDP goes to every share, traffic that is neither IPv4 nor IPv6 (or has
-    two VLAN tags) to share 0. libpcap's `vlan` keyword shifts the offsets of everything
-    after it, so it comes last, once; tagged addresses are read at fixed Ethernet offsets.
+    DNS over UDP (untagged or behind one tag) goes to every share, traffic that is neither
+    IPv4 nor IPv6 (or has two VLAN tags) to share 0. libpcap's `vlan` keyword shifts the
+    offsets of everything after it, so it comes last, once; tagged addresses and ports are
+    read at fixed Ethernet offsets.
     """
     ethernet = dlt == 1
     udp = " or ".join(f"udp port {p}" for p in sorted(set(python_udp_ports)))
@@ -114,9 +132,12 @@ def _filters(
         mine += " or not (" + " or ".join(f"({is_ip})" for is_ip, _ in ip_forms) + ")"
     c_core = f"{ipv4} and ((ip[15] ^ ip[19]) & {m}) == {k}"
     c_part = f"({c_core}) or (vlan and ({c_core}))" if ethernet else c_core
-    # Every share gets whole DNS datagrams; a fragmented answer goes to its flow's share only
-    # (its pieces must meet). `not (c_all)` last: it holds the one `vlan`.
+    # Every share gets whole DNS datagrams, untagged and behind one tag (read at fixed
+    # offsets: an IPv4 header without options); a fragmented answer goes to its flow's share
+    # only (its pieces must meet). `not (c_all)` last: it holds the one `vlan`.
     every = f"({_DNS}) and not (ip and (ip[6:2] & 0x3fff) != 0)"
+    if ethernet:
+        every = f"({every}) or {_TAGGED_DNS}"
     return c_part, f"(({every}) or {mine}) and not ({c_all})"
 
 

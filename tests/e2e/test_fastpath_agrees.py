@@ -136,13 +136,14 @@ def test_splitting_a_capture_over_two_processes_changes_nothing(path: Path, cfg)
     assert _dns_anomalies(stats) == _dns_anomalies(pipe.stats), "each share counts its own clients' DNS"
 
 
-def _dns_capture(capture: Path) -> Path:
+def _dns_capture(capture: Path, vlan: int = 0, v6: bool = False) -> Path:
     """Clients with even and odd last bytes (the two shares' lookups), AI and ordinary names,
     and broken messages from both."""
     with PcapWriter(capture) as out:
         ts = 1_790_000_000.0
         for last in range(10, 18):
-            path = WirePath(b.ip_bytes(f"10.20.1.{last}"), b.ip_bytes("10.10.0.53"))
+            ends = (f"2001:db8:20::{last}", "2001:db8:10::53") if v6 else (f"10.20.1.{last}", "10.10.0.53")
+            path = WirePath(b.ip_bytes(ends[0]), b.ip_bytes(ends[1]), vlan=vlan)
             for i, name in enumerate(("chatgpt.com", "www.nu.nl", "claude.ai")):
                 ts += 0.01
                 out.write(ts, path.udp(True, 40000 + i, 53, b.dns_query(last * 8 + i, name, 1)))
@@ -153,8 +154,10 @@ def _dns_capture(capture: Path) -> Path:
     return capture
 
 
-def test_splitting_counts_each_dns_anomaly_once_and_reports_every_clients_lookups(cfg, tmp_path) -> None:
-    capture = _dns_capture(tmp_path / "dns.pcap")
+@pytest.mark.parametrize(("vlan", "v6"), [(0, False), (120, False), (0, True), (120, True)],
+                         ids=["ipv4", "ipv4-vlan", "ipv6", "ipv6-vlan"])
+def test_splitting_counts_each_dns_anomaly_once_and_reports_every_clients_lookups(cfg, tmp_path, vlan, v6) -> None:
+    capture = _dns_capture(tmp_path / "dns.pcap", vlan, v6)
     classifier = build_classifier(cfg)
     full: list = []
     pipe = Pipeline(cfg, classifier, full.append, Stats())
