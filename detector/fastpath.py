@@ -36,8 +36,9 @@ FLOW_HEAD_PACKETS = 8
 # UDP that must reach Python whole: DNS feeds the cache, tunnels carry whole flows inside.
 PYTHON_UDP_PORTS = frozenset(DNS_UDP_PORTS | set(UDP_TUNNELS))
 # Flows that pass 1 named and found not to matter, kept so that pass 2 can skip their
-# packets even when their server is discovered (a CDN address that an AI service shares).
-# Beyond this many, further such flows just go through Python in pass 2.
+# packets even when their server is discovered (a CDN address that an AI service shares),
+# and as many named ones that matter. Beyond this many, further flows just go through
+# Python in pass 2.
 MAX_QUIET_FLOWS = 100_000
 # Pass 1 keeps what it read for the Python part (DNS, IPv6, tunnels) up to this many bytes,
 # so that pass 2 need not read and filter the whole file a second time for it.
@@ -64,6 +65,7 @@ class TwoPass:
         # 5-tuple seen both ways (reused ports) is never skipped.
         self.quiet: set[bytes] = set()
         self.loud: set[bytes] = set()
+        self.quiet_closed = False  # `loud` is full: no new quiet flows
         self._main: Pipeline | None = None  # whose lookups pass 1 reports
 
     def _watch(self, addr: bytes, reportable: bool) -> None:
@@ -76,9 +78,13 @@ class TwoPass:
         up = flow_key(flow.proto, flow.client, flow.server, flow.cport, flow.sport)
         down = flow_key(flow.proto, flow.server, flow.client, flow.sport, flow.cport)
         if reportable:
-            self.loud.update((up, down))
             self.quiet.difference_update((up, down))
-        elif up not in self.loud and len(self.quiet) < 2 * MAX_QUIET_FLOWS:
+            if len(self.loud) < 2 * MAX_QUIET_FLOWS:
+                self.loud.update((up, down))
+            else:
+                # A 5-tuple no longer remembered as reportable must never turn quiet.
+                self.quiet_closed = True
+        elif not self.quiet_closed and up not in self.loud and len(self.quiet) < 2 * MAX_QUIET_FLOWS:
             self.quiet.update((up, down))
 
     def _event(self, ev: UsageEvent) -> None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import pcapy
 
+from detector.model import DNS_UDP_PORTS
+
 # Packets per `next_batch` call: large enough to amortise the call, small enough that a
 # quiet link still delivers promptly (the read timeout below bounds the wait).
 BATCH = 512
@@ -49,7 +51,7 @@ BulkFlow = tuple[str, int, str, int]
 
 
 # DNS, which every fanout worker captures whole (see `prefilter`).
-DNS_TRAFFIC = "udp port 53 or udp port 8053"
+DNS_TRAFFIC = " or ".join(f"udp port {port}" for port in sorted(DNS_UDP_PORTS))
 # A worker's DNS share: DNS plus every IPv4 fragment. A fragmented answer's later fragments
 # carry no port, so each worker reassembles all fragments itself and keeps the DNS among
 # them (the kernel reassembles the rest for the fanout group; see `join_fanout`).

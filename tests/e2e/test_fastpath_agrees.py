@@ -16,6 +16,7 @@ from detector.synth import builders as b
 from detector.synth.path import Path as WirePath
 from detector.capture.pcapfile import iter_frames
 from detector.fastpath import TwoPass, analyze_shared, usable
+from detector.flows.table import Flow
 from detector.model import Stats
 from detector.pipeline import Pipeline
 from e2e_helpers import make_config
@@ -119,6 +120,19 @@ def test_a_recording_gives_up_past_its_limit() -> None:
     assert rec.frames is None
     rec.add((0.0, 1, b""))
     assert rec.frames is None
+
+
+def test_skipping_stops_once_the_flows_that_matter_fill_their_bound(cfg, monkeypatch) -> None:
+    monkeypatch.setattr(fastpath, "MAX_QUIET_FLOWS", 1)
+    two = TwoPass(cfg, build_classifier(cfg))
+    flows = [Flow(b.ip_bytes("10.20.1.10"), b.ip_bytes("142.250.1.1"), 51000 + i, 443, 6, 0.0) for i in range(3)]
+    two._named(flows[0], True)
+    two._named(flows[1], True)  # no room left to remember it
+    two._named(flows[2], False)
+    assert two.quiet_closed and not two.quiet
+    trace = ROOT / "tests" / "golden" / "traces" / "shared-address-gemini-and-search.pcap"
+    full, fast = _both(trace, cfg)
+    assert fast == full
 
 
 @pytest.mark.parametrize("path", [p for p in OWN if usable(p)], ids=[p.name for p in OWN if usable(p)])
