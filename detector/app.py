@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from detector import __version__
 from detector.capture import suricata, zeeklog
@@ -24,7 +24,9 @@ from detector.config import Config, state_path
 from detector.model import Stats, UsageEvent
 from detector.pipeline import Pipeline
 from detector.sinks.output import CsvSink, JsonlSink, SummarySink, render_coverage
-from detector.sinks.store import RunInfo, Store
+
+if TYPE_CHECKING:
+    from detector.sinks.store import RunInfo, Store
 
 # Processes one capture file is split over on the fast path (a power of two: the share of
 # a flow is a bit of its address hash). Two: the machines this runs on have two cores.
@@ -164,6 +166,9 @@ def analyze(
 def _open_store(cfg: Config) -> Store | None:
     if not cfg.store.path:
         return None
+    # Imported here: duckdb takes a third of a second to load, and --no-db runs need none.
+    from detector.sinks.store import Store
+
     store = Store(
         state_path(cfg.store.path),
         sensor=cfg.sensor.name,
@@ -185,6 +190,8 @@ def coverage_figures(stats: Stats) -> dict:
 
 
 def _run_record(cfg: Config, files: Sequence[Path], stats: Stats, seconds: float) -> RunInfo:
+    from detector.sinks.store import RunInfo
+
     finished = datetime.now(timezone.utc)
     return RunInfo(
         command="analyze",
