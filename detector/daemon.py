@@ -208,6 +208,8 @@ class Daemon:
         self.classifier = build_classifier(cfg)
         self._rules_loaded(True)
         self.pipeline = Pipeline(cfg, self.classifier, self._emit, self.stats)
+        # How a batch is fed, by its reader's dns_share flag.
+        self._feeds = (self.pipeline.feed, self.pipeline.feed_dns_share)
         # Every worker sees all DNS; one of them reports the lookups.
         self.pipeline.lookup_share = (0, 1) if self.worker is None or self.worker[0] == 0 else None
         if cfg.capture.bpf == "auto" and self.interfaces:
@@ -360,7 +362,7 @@ class Daemon:
         next_house = next_watchdog = time.monotonic()
         replay_done = False
         status = 0
-        feeds = (self.pipeline.feed, self.pipeline.feed_dns_share)
+        feeds = self._feeds
         try:
             while not self._stop.is_set():
                 try:
@@ -442,7 +444,7 @@ class Daemon:
         # then report every open flow: nothing captured is lost on SIGTERM.
         for r in self._readers:
             r.join(timeout=2.0)
-        feeds = (self.pipeline.feed, self.pipeline.feed_dns_share)
+        feeds = self._feeds
         try:
             while True:
                 dns_share, batch = self._queue.get_nowait()

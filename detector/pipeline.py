@@ -352,7 +352,9 @@ class Pipeline:
     def _named(self, flow: Flow, name: str | None) -> None:
         reportable = self.reportable(name, flow.server, flow.sport)
         self.watch_servers(flow.server, reportable)  # type: ignore[misc]
-        if self.watch_named is not None:
+        # An ECH flow is not known not to matter: its real name may still come from the
+        # client's lookup when it ends.
+        if self.watch_named is not None and not flow.ech:
             self.watch_named(flow, reportable)
 
     # -- UDP / QUIC ------------------------------------------------------------

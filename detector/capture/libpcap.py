@@ -31,8 +31,9 @@ BATCH = 1024
 
 Frame = tuple[float, int, bytes]
 
-# 802.1Q and 802.1ad tag protocol identifiers.
+# 802.1Q and 802.1ad tag protocol identifiers, as bytes and as a filter on an Ethernet frame.
 _TAGS = (b"\x81\x00", b"\x88\xa8")
+_TAGGED = "(ether[12:2] == 0x8100 or ether[12:2] == 0x88a8)"
 
 
 def flow_key(proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
@@ -77,7 +78,7 @@ def _dns_ports(at: int) -> str:
 # UDP DNS behind one 802.1Q/802.1ad tag, at fixed Ethernet offsets (IPv4 without options and
 # not a fragment, or IPv6 with UDP next).
 _TAGGED_DNS = (
-    "((ether[12:2] == 0x8100 or ether[12:2] == 0x88a8) and ("
+    f"({_TAGGED} and ("
     f"(ether[16:2] == 0x0800 and ether[18] == 0x45 and ether[27] == 17 and (ether[24:2] & 0x3fff) == 0"
     f" and ({_dns_ports(38)}))"
     f" or (ether[16:2] == 0x86dd and ether[24] == 17 and ({_dns_ports(58)}))))"
@@ -122,10 +123,9 @@ def _filters(
         ("ip6", f"((ip6[23] ^ ip6[39]) & {m})"),
     ]
     if ethernet:
-        tag = "(ether[12:2] == 0x8100 or ether[12:2] == 0x88a8)"
         ip_forms += [
-            (f"{tag} and ether[16:2] == 0x0800", f"((ether[33] ^ ether[37]) & {m})"),
-            (f"{tag} and ether[16:2] == 0x86dd", f"((ether[41] ^ ether[57]) & {m})"),
+            (f"{_TAGGED} and ether[16:2] == 0x0800", f"((ether[33] ^ ether[37]) & {m})"),
+            (f"{_TAGGED} and ether[16:2] == 0x86dd", f"((ether[41] ^ ether[57]) & {m})"),
         ]
     mine = " or ".join(f"({is_ip} and {h} == {k})" for is_ip, h in ip_forms)
     if k == 0:

@@ -78,6 +78,9 @@ _PLAIN_SET = frozenset(_PLAIN)
 _PLAIN_OR_DOT = _PLAIN + b"."
 _RR = Struct("!HHIH")
 _KEPT = frozenset((TYPE_A, TYPE_AAAA, TYPE_CNAME))
+# Names read in one message, by the offset they were read from: text, labels, wire length,
+# pointer hops (see _read_name).
+_Names = dict[int, tuple[str, int, int, int]]
 
 
 def parse_dns(msg: bytes) -> DnsMessage | Anomaly | None:
@@ -94,7 +97,7 @@ def parse_dns(msg: bytes) -> DnsMessage | Anomaly | None:
         return None
     if qdcount > MAX_QUESTIONS:
         return TOO_MANY_QUESTIONS
-    names: dict[int, tuple[str, int, int, int]] = {}
+    names: _Names = {}
     try:
         questions, pos = _questions(msg, qdcount, names)
     except DecodeError as err:
@@ -126,7 +129,7 @@ def parse_dns_tcp(stream: bytes) -> tuple[list[DnsMessage | Anomaly], int]:
     return out, pos
 
 
-def _questions(msg: bytes, count: int, names: dict[int, tuple[str, int, int, int]]) -> tuple[tuple[tuple[str, int], ...], int]:
+def _questions(msg: bytes, count: int, names: _Names) -> tuple[tuple[tuple[str, int], ...], int]:
     pos = HEADER_LEN
     questions = []
     for _ in range(count):
@@ -138,7 +141,7 @@ def _questions(msg: bytes, count: int, names: dict[int, tuple[str, int, int, int
     return tuple(questions), pos
 
 
-def _answers(msg: bytes, pos: int, count: int, names: dict[int, tuple[str, int, int, int]]) -> tuple[DnsAnswer, ...]:
+def _answers(msg: bytes, pos: int, count: int, names: _Names) -> tuple[DnsAnswer, ...]:
     """A/AAAA/CNAME records of the answer section, up to the first one that is cut or broken."""
     answers = []
     n = len(msg)
@@ -162,7 +165,7 @@ def _answers(msg: bytes, pos: int, count: int, names: dict[int, tuple[str, int, 
     return tuple(answers)
 
 
-def _rdata(msg: bytes, rtype: int, start: int, length: int, names: dict[int, tuple[str, int, int, int]]) -> str | None:
+def _rdata(msg: bytes, rtype: int, start: int, length: int, names: _Names) -> str | None:
     """The text of an A/AAAA/CNAME rdata; None for a malformed rdata (skipped)."""
     if rtype == TYPE_A:
         return inet_ntoa(msg[start : start + 4]) if length == 4 else None
@@ -175,7 +178,7 @@ def _rdata(msg: bytes, rtype: int, start: int, length: int, names: dict[int, tup
     return target if end <= start + length else None
 
 
-def _read_name(msg: bytes, pos: int, names: dict[int, tuple[str, int, int, int]]) -> tuple[str, int]:
+def _read_name(msg: bytes, pos: int, names: _Names) -> tuple[str, int]:
     """The name at `pos` and the offset just after it; raises DecodeError.
 
     Every pointer must point before the start of the label run that holds it, so
