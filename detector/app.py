@@ -103,25 +103,27 @@ def analyze(
     bar = _progress_bar(files) if progress else None
     # The fast path needs every file readable by libpcap, and is for attributed events
     # only: --all wants every flow, which only the full path has.
-    fast = None
-    if engine == "fast" or (engine == "auto" and not include_all and files and all(map(fastpath.usable, files))):
-        fast = fastpath.TwoPass(cfg, classifier)
+    fast = engine == "fast" or (engine == "auto" and not include_all and bool(files) and all(map(fastpath.usable, files)))
     # One file's flows can be split over the cores; several files share flows (a rotated
     # capture), so they go through one process in order.
-    shares = SHARES if fast is not None and len(files) == 1 and not logs and (os.cpu_count() or 1) >= SHARES else 0
+    shares = SHARES if fast and len(files) == 1 and not logs and (os.cpu_count() or 1) >= SHARES else 0
     try:
         for path in files:
             try:
                 try:
-                    if fast is None or not fastpath.usable(path):
+                    if not fast or not fastpath.usable(path):
                         raise fastpath.FastPathUnavailable(str(path))
                     if shares:
-                        events, counted = fastpath.analyze_shared(path, cfg, classifier, shares)
+                        before = stats.packets
+                        events, counted, cut = fastpath.analyze_shared(path, cfg, classifier, shares)
                         for ev in events:
                             emit(ev)
                         fastpath.add_stats(stats, counted)
                     else:
-                        fast.analyze(path, pipeline)
+                        before = stats.packets
+                        cut = fastpath.analyze(path, pipeline, cfg)
+                    if cut is not None:
+                        warn(f"{path}: truncated after {stats.packets - before} packets ({cut})")
                     if bar is not None:
                         bar.update(file_size(path))
                 except fastpath.FastPathUnavailable:
@@ -139,10 +141,7 @@ def analyze(
                 failed += 1
             else:
                 ok += 1
-        if fast is not None and not shares:
-            fast.finish(pipeline)
-        else:
-            pipeline.finish()
+        pipeline.finish()
     finally:
         if bar is not None:
             bar.close()

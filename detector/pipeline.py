@@ -19,7 +19,7 @@ from detector.decode import http as http_dec
 from detector.decode import quic as quic_dec
 from detector.decode import tls as tls_dec
 from detector.decode.net import decode_frame, decode_l4
-from detector.flows.dnscache import DnsCache, answer_addresses
+from detector.flows.dnscache import DnsCache
 from detector.flows.fragments import FragmentTable
 from detector.flows.reassembly import StreamHead
 from detector.flows.table import Flow, FlowTable
@@ -62,8 +62,6 @@ MAX_PENDING_QUERIES = 8192
 _TLS_PORTS = frozenset({443, 853, 8443})
 
 
-# Entries of a shared DNS memo (see Pipeline.dns_memo), about 600 bytes each.
-MAX_DNS_MEMO = 50_000
 
 class Pipeline:
     """Turns frames into UsageEvents through `emit`; counts everything into `stats`."""
@@ -86,11 +84,6 @@ class Pipeline:
         self.fragments = FragmentTable()
         self.inspect_bytes = fc.inspect_bytes
         self._queries: OrderedDict[tuple[bytes, int, str], None] = OrderedDict()
-        # Told (address, reportable) whenever a server is named or answered in DNS (the
-        # offline fast path learns which servers to keep from it); None when unused.
-        self.watch_servers: Callable[[bytes, bool], None] | None = None
-        # Told (flow, reportable) when a flow is named, alongside watch_servers.
-        self.watch_named: Callable[[Flow, bool], None] | None = None
         # A live kernel filter's hooks: a named flow that does not matter and keeps
         # downloading may have its downloads dropped in the kernel, until it ends.
         self.watch_bulk: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
@@ -99,11 +92,6 @@ class Pipeline:
         # (fanout workers, fast-path shares): those of clients whose address's last byte
         # is k modulo n, as (k, n); None: none. Their DNS anomalies are counted the same way.
         self.lookup_share: tuple[int, int] | None = (0, 1)
-        # Parsed DNS datagrams by payload, shared with a pipeline that reads the same ones
-        # again (the fast path's two passes); None: parse each.
-        self.dns_memo: dict[bytes, object] | None = None
-        self.count_coverage = True  # False while the fast path re-reads packets already counted
-        self.fingerprint = True  # JA4 of each hello; the fast path's discovery needs names only
 
     # -- input -----------------------------------------------------------------
 
@@ -127,6 +115,18 @@ class Pipeline:
             self._fragment(res)
         else:
             stats.anomaly(res.kind)  # type: ignore[union-attr]
+
+    def feed_run(
+        self, first: float, last: float, proto: int, src: bytes, dst: bytes, sport: int, dport: int,
+        packets: int, ip_bytes: int, frame_bytes: int,
+    ) -> None:  # fmt: skip
+        """Count a run of one flow direction's packets that carry nothing to inspect (see
+        flows.heads): as many packets, IP bytes and frame bytes as they had, from `first`
+        to `last`."""
+        stats = self.stats
+        stats.packets += packets
+        stats.bytes += frame_bytes
+        self._packet(L4Packet(first, src, dst, proto, sport, dport, ip_bytes, 0, 0, b""), packets, last)
 
     def feed_dns_share(self, ts: float, linktype: int, data: bytes) -> None:
         """Process one frame of a fanout worker's DNS share (DNS datagrams and IPv4
@@ -159,21 +159,19 @@ class Pipeline:
         # ip_len as an unfragmented datagram would have had it: minimal header plus payload.
         return decode_l4(frag.ts, frag.src, frag.dst, frag.proto, payload, len(payload) + (40 if len(frag.src) == 16 else 20))
 
-    def _packet(self, pkt: L4Packet) -> None:
+    def _packet(self, pkt: L4Packet, count: int = 1, last: float = 0.0) -> None:
         if pkt.proto == UDP and (pkt.dport in DNS_UDP_PORTS or pkt.sport in DNS_UDP_PORTS):
             self._dns_datagram(pkt)
             return
-        flow, up = self.table.observe(pkt)
-        if flow.packets == 1:
+        flow, up = self.table.observe(pkt, count, last)
+        if flow.packets == count:
             flow.cache_name = self.dnscache.lookup(pkt.ts, flow.client, flow.server)
-            if self.watch_servers is not None and self.reportable(flow.cache_name, flow.server, flow.sport):
-                self.watch_servers(flow.server, True)
         if flow.inspecting:
             if pkt.proto == TCP:
                 self._inspect_tcp(flow, up, pkt)
             elif up and pkt.payload:
                 self._inspect_udp(flow, pkt)
-        elif flow.packets == BULK_PACKETS and self.watch_bulk is not None:
+        elif self.watch_bulk is not None and flow.packets - count < BULK_PACKETS <= flow.packets:
             self._maybe_bulk(flow)
         if self.table.ended:
             for rec in self.table.take():
@@ -187,8 +185,8 @@ class Pipeline:
 
     def reportable(self, name: str | None, server: bytes, port: int) -> bool:
         """Would a flow to this name or address make a stored event (AI service, vendor
-        range, encrypted-DNS resolver, AI-looking candidate)? Used only to keep a live
-        kernel filter admitting that server's packets, so its bytes are counted."""
+        range, encrypted-DNS resolver, AI-looking candidate)? A live kernel filter keeps
+        admitting such a flow's packets, and its hello is fingerprinted."""
         cat = self.classifier.catalogue  # type: ignore[attr-defined]
         if name and (cat.matcher.match(name) or self.classifier.is_candidate(name)):  # type: ignore[attr-defined]
             return True
@@ -205,15 +203,7 @@ class Pipeline:
         mine = self._reports(pkt.dst if response else pkt.src)
         if not (mine or response):
             return  # a query only makes its lookup event, which another pipeline reports
-        memo = self.dns_memo
-        if memo is None:
-            msg = dns_dec.parse_dns(payload)
-        else:
-            msg = memo.get(payload, memo)
-            if msg is memo:
-                msg = dns_dec.parse_dns(payload)
-                if len(memo) < MAX_DNS_MEMO:
-                    memo[payload] = msg
+        msg = dns_dec.parse_dns(payload)
         if type(msg) is DnsMessage:
             if msg.is_response:
                 self._dns_response(pkt.ts, pkt.dst, pkt.src, pkt.sport, msg, pkt.ip_len, "udp")
@@ -241,9 +231,6 @@ class Pipeline:
 
     def _dns_response(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
         self.dnscache.learn(ts, client, msg)
-        if self.watch_servers is not None and msg.answers and self.reportable(msg.questions[0][0], b"", 443):
-            for addr in answer_addresses(msg):
-                self.watch_servers(addr, True)
         if msg.questions and self._queries.pop((client, msg.txid, msg.questions[0][0]), 0) is None:
             return  # its query was seen and already reported
         self._dns_events(ts, client, server, port, msg, size, transport)
@@ -292,8 +279,10 @@ class Pipeline:
         app = flow.app
         if app is None:
             app = flow.app = "tls" if data[0] == 0x16 else "http"
-        res = tls_dec.parse_tls_client_hello(data, self.fingerprint) if app == "tls" else http_dec.parse_http_request(data)
+        res = tls_dec.parse_tls_client_hello(data, False) if app == "tls" else http_dec.parse_http_request(data)
         if type(res) is ClientHello:
+            if self._fingerprinted(flow, res):
+                res = tls_dec.parse_tls_client_hello(data)
             self._named_by_hello(flow, res, Evidence.TLS_SNI)
         elif type(res) is HttpRequest:
             self._named_by_http(flow, res)
@@ -320,6 +309,17 @@ class Pipeline:
             else:
                 self._dns_query(ts, flow.client, flow.server, flow.sport, msg, 0, "tcp")
 
+    def _fingerprinted(self, flow: Flow, hello: ClientHello) -> bool:
+        """Whether a hello parsed without JA4 must be parsed again with it: JA4 is a third
+        of a hello's cost, and only a flow that may make an event carries it (or a flow
+        without a name of its own, whose JA4 is its only mark: see _coverage)."""
+        sni = hello.sni
+        if self.include_unmatched or not sni:
+            return True
+        if hello.ech and (sni in ECH_PUBLIC_NAMES or (flow.cache_name and flow.cache_name != sni)):
+            return True  # real ECH: its name comes from the client's lookup, now or at the end
+        return self.reportable(sni, flow.server, flow.sport)
+
     def _named_by_hello(self, flow: Flow, hello: ClientHello, evidence: Evidence) -> None:
         flow.alpn = hello.alpn
         flow.ja4 = hello.ja4
@@ -337,8 +337,6 @@ class Pipeline:
             flow.name = sni
             flow.evidence = evidence
         flow.stop_inspecting()
-        if self.watch_servers is not None:
-            self._named(flow, flow.name or flow.cache_name)
 
     def _named_by_http(self, flow: Flow, req: HttpRequest) -> None:
         if req.host:
@@ -346,16 +344,6 @@ class Pipeline:
             flow.evidence = Evidence.HTTP_CONNECT if req.method == "CONNECT" else Evidence.HTTP_HOST
         flow.user_agent = req.user_agent
         flow.stop_inspecting()
-        if self.watch_servers is not None:
-            self._named(flow, flow.name)
-
-    def _named(self, flow: Flow, name: str | None) -> None:
-        reportable = self.reportable(name, flow.server, flow.sport)
-        self.watch_servers(flow.server, reportable)  # type: ignore[misc]
-        # An ECH flow is not known not to matter: its real name may still come from the
-        # client's lookup when it ends.
-        if self.watch_named is not None and not flow.ech:
-            self.watch_named(flow, reportable)
 
     # -- UDP / QUIC ------------------------------------------------------------
 
@@ -383,8 +371,10 @@ class Pipeline:
                 chunks.extend(initial.crypto)
                 hs = quic_dec.assemble_crypto(chunks)
                 if hs:
-                    hello = tls_dec.parse_client_hello_handshake(hs, "q", self.fingerprint)
+                    hello = tls_dec.parse_client_hello_handshake(hs, "q", False)
                     if type(hello) is ClientHello:
+                        if self._fingerprinted(flow, hello):
+                            hello = tls_dec.parse_client_hello_handshake(hs, "q")
                         self._named_by_hello(flow, hello, Evidence.QUIC_SNI)
                         return
             if isinstance(hello, Anomaly):
@@ -429,9 +419,8 @@ class Pipeline:
             if name is not None:
                 rec.server_name, rec.evidence = name, Evidence.DNS_CACHE
         ev = self.classifier.classify_flow(rec, self.include_unmatched, include_candidates=True)  # type: ignore[attr-defined]
-        if self.count_coverage:
-            stats.flows_total += 1
-            self._coverage(rec, ev)
+        stats.flows_total += 1
+        self._coverage(rec, ev)
         if ev is not None:
             stats.events += 1
             self.emit(ev)

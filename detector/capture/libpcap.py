@@ -1,44 +1,36 @@
-"""Reading a capture file through libpcap with the filtering done in C (pcapy-ng).
+"""Reading a capture file through libpcap with the filtering done in C (pcapy-ng) and numpy.
 
-The offline fast path reads a file as two disjoint parts: IPv4 TCP/UDP other than DNS,
-which libpcap's BPF selects and pcapy-ng's C classifier thins out (the first packets of
-each flow, or the packets of listed addresses), and everything else (DNS, IPv6, tunnels,
-other link content), which goes to Python whole. The two parts are merged back into one
-time-ordered stream of frames.
+The offline fast path reads a file as two disjoint parts, each selected by libpcap's BPF:
+IPv4 TCP/UDP other than DNS, whose frames `flows.heads.HeadSelector` splits into the few
+the pipeline must see one by one and counted runs standing for the rest, and everything
+else (DNS, IPv6, tunnels, other link content), which goes to Python whole. The two parts
+are merged back into one time-ordered stream.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pcapy
 
 from detector.capture.pcapfile import CaptureError
+from detector.flows.heads import HeadSelector, Runs
 from detector.model import DNS_UDP_PORTS
 
-# Where the IPv4 header starts, per DLT, for the C classifier (it skips VLAN tags itself).
+# Where the IPv4 header starts, per DLT, before any VLAN tag (the head selector skips one).
 _L2_OFFSET = {1: 14, 113: 16, 276: 20, 12: 0, 14: 0, 101: 0, 0: 4, 108: 4}
-# pcapy-ng's classes for `loop_filtered` (generic profile).
-FLOW_HEAD, SET_MATCH = 1, 2
-# Packets per `loop_filtered` call. pcapy-ng builds its flow-head table per call, so a
-# flow spanning two calls may be let through twice: harmless, the Python flow table is the
-# reference. Large enough that this is rare, small enough to stay responsive.
-CHUNK = 1 << 20
-# Frames read per `next_batch` call of the Python part.
+# Frames read per `next_batch` call of the Python part, and of the IPv4 part (whose
+# selection is done per batch in numpy: the larger, the cheaper per frame).
 BATCH = 1024
+SELECT_BATCH = 1 << 14
 
 
 Frame = tuple[float, int, bytes]
 
-# 802.1Q and 802.1ad tag protocol identifiers, as bytes and as a filter on an Ethernet frame.
-_TAGS = (b"\x81\x00", b"\x88\xa8")
+# 802.1Q and 802.1ad tag protocol identifiers, as a filter on an Ethernet frame.
 _TAGGED = "(ether[12:2] == 0x8100 or ether[12:2] == 0x88a8)"
-
-
-def flow_key(proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
-    """How `feed_partitioned(skip=...)` names one direction of an IPv4 flow."""
-    return bytes((proto,)) + src + dst + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
 
 
 # Classic pcap (µs and ns, both byte orders). pcapng is left to the ordinary reader: libpcap
@@ -63,11 +55,6 @@ def fast_path_linktype(path: Path) -> int | None:
     return dlt if dlt in _L2_OFFSET else None
 
 
-# What a server sends from a well-known port to a client's ephemeral one, but SYN/FIN/RST.
-_SERVER_DATA = (
-    "tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) == 0 and tcp src portrange 0-1023 and tcp dst portrange 1024-65535"
-)
-
 _DNS_PORTS = tuple(sorted(DNS_UDP_PORTS))
 
 
@@ -89,14 +76,10 @@ _TAGGED_DNS = (
 _DNS = " or ".join(f"udp port {port}" for port in _DNS_PORTS)
 
 
-def _filters(
-    dlt: int, python_udp_ports: Iterable[int], part: tuple[int, int] | None = None, heads: bool = False
-) -> tuple[str, str]:
+def _filters(dlt: int, python_udp_ports: Iterable[int], part: tuple[int, int] | None = None) -> tuple[str, str]:
     """BPF for the C part and for the Python part. The C part is IPv4 TCP/UDP except DNS, the
     UDP ports that carry tunnels (their content is flows) and fragments (no ports for the C
-    flow key); the Python part is the rest. With `heads`, the C part also leaves out what a
-    server sends from a well-known port to a client's high one, other than SYN, FIN and RST:
-    names come from clients, and the flow heads are then the client's own packets.
+    flow key); the Python part is the rest.
 
     With `part` = (k, n), n a power of two, only the k-th of n shares: a flow's share is a
     hash of its two addresses that is the same in both directions (last octets xor-ed);
@@ -110,11 +93,8 @@ def _filters(
     not_c = f"{udp} or {_DNS} or tcp port 53" if udp else f"{_DNS} or tcp port 53"
     ipv4 = f"ip and (tcp or udp) and (ip[6:2] & 0x3fff) == 0 and not ({not_c})"
     c_all = f"({ipv4}) or (vlan and ({ipv4}))" if ethernet else ipv4
-    if heads:
-        ipv4 += f" and not ({_SERVER_DATA})"
-    c_heads = f"({ipv4}) or (vlan and ({ipv4}))" if ethernet else ipv4
     if part is None:
-        return c_heads, f"not ({c_all})"
+        return c_all, f"not ({c_all})"
     k, n = part
     m = n - 1
     # The share of IPv4/IPv6 packets, untagged and behind one 802.1Q/802.1ad tag.
@@ -141,119 +121,130 @@ def _filters(
     return c_part, f"(({every}) or {mine}) and not ({c_all})"
 
 
-class Recording:
-    """The Python part of one read, kept for a second pass over the same file and share,
-    up to a size: when it grows past `limit` bytes it is dropped and the second pass reads
-    the file again."""
-
-    __slots__ = ("frames", "size", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.frames: list[Frame] | None = []
-        self.size = 0
-        self.limit = limit
-
-    def add(self, frame: Frame) -> None:
-        """Keep one frame (or give up keeping)."""
-        frames = self.frames
-        if frames is None:
-            return
-        self.size += len(frame[2]) + _FRAME_OVERHEAD
-        if self.size > self.limit:
-            self.frames = None
-        else:
-            frames.append(frame)
-
-
-# Bytes a kept frame costs besides its data (tuple, float, bytes header, list slot).
-_FRAME_OVERHEAD = 120
-
-
-def _python_part(path: Path, expression: str, dlt: int, record: Recording | None) -> Iterator[Frame]:
-    cap = pcapy.open_offline(str(path))
+def _batches(path: Path, expression: str, size: int, cut: list[str]) -> Iterator[tuple[bytes, bytes]]:
+    """`next_batch` batches (frame bytes, packed records) of the frames of a file that match
+    a filter. libpcap loses the whole batch that holds a truncated record: on that error
+    the file is read again up to the cut, frame by frame, and the cut noted in `cut`."""
+    seen = 0
     try:
+        cap = pcapy.open_offline(str(path))
         cap.setfilter(expression)
-        while True:
-            data, meta = cap.next_batch(BATCH)
-            if not meta:
-                return
-            view = memoryview(meta).cast("I")
-            batch = [
-                (view[i] + view[i + 1] * 1e-6, dlt, data[view[i + 2] : view[i + 2] + view[i + 3]])
-                for i in range(0, len(view), 4)
-            ]
-            if record is not None:
-                for frame in batch:
-                    record.add(frame)
-            yield from batch
     except pcapy.PcapError as exc:
         raise CaptureError(f"{path}: {exc}") from None
+    try:
+        while True:
+            data, meta = cap.next_batch(size)
+            if not meta:
+                return
+            seen += len(meta) // 16
+            yield data, meta
+    except pcapy.PcapError as exc:
+        cut.append(str(exc))
     finally:
         cap.close()
+    yield from _before_cut(path, expression, seen)
+
+
+def _before_cut(path: Path, expression: str, skip: int) -> Iterator[tuple[bytes, bytes]]:
+    """The frames after the first `skip` up to a truncated record, as one batch."""
+    cap = pcapy.open_offline(str(path))
+    cap.setfilter(expression)
+    datas: list[bytes] = []
+    records = array("I")
+    size = 0
+    try:
+        while skip:
+            _, meta = cap.next_batch(min(skip, BATCH))
+            skip -= len(meta) // 16
+        while True:
+            data, meta = cap.next_batch(1)
+            if not meta:
+                break
+            sec, usec, _, caplen = memoryview(meta).cast("I")
+            records.extend((sec, usec, size, caplen))
+            datas.append(data)
+            size += len(data)
+    except pcapy.PcapError:
+        pass  # the truncated record
+    finally:
+        cap.close()
+    if datas:
+        yield b"".join(datas), records.tobytes()
+
+
+def _python_part(path: Path, expression: str, dlt: int, cut: list[str]) -> Iterator[Frame]:
+    for data, meta in _batches(path, expression, BATCH, cut):
+        view = memoryview(meta).cast("I")
+        yield from [
+            (view[i] + view[i + 1] * 1e-6, dlt, data[view[i + 2] : view[i + 2] + view[i + 3]])
+            for i in range(0, len(view), 4)
+        ]
+
+
+RunFeed = Callable[[float, float, int, bytes, bytes, int, int, int, int, int], None]
 
 
 def feed_partitioned(
     path: Path,
     feed: Callable[[float, int, bytes], None],
+    feed_run: RunFeed,
     *,
-    flow_heads: int = 0,
-    addresses: bytes = b"",
+    idle_timeout: float,
+    inspect_bytes: int,
     python_udp_ports: Iterable[int] = (53,),
     part: tuple[int, int] | None = None,
-    skip: set[bytes] | frozenset[bytes] = frozenset(),
-    record: Recording | None = None,
-    replay: list[Frame] | None = None,
-) -> tuple[int, int]:
-    """Feed a file's frames, in time order, to `feed`: of IPv4 TCP/UDP (not DNS) only the
-    first `flow_heads` packets of each flow (server data left out, see _filters), or only the packets to or from
-    `addresses` (packed IPv4, 4 bytes each); all other packets whole, among them UDP on
-    `python_udp_ports` (DNS, tunnels); with `part`, one share of the flows (see _filters).
-    IPv4 TCP/UDP packets whose `flow_key` is in `skip` are dropped before `feed`. The
-    Python part is kept in `record`, or taken from `replay` (what a `record` of the same
-    file and share kept) instead of the file. Returns how many IPv4 TCP/UDP packets the C
-    part read and how many of them it let through. Raises CaptureError when libpcap fails
-    mid-file."""
+) -> str | None:
+    """Feed a file's frames to `feed`, and runs of frames to `feed_run`, in time order:
+    of IPv4 TCP/UDP (not DNS, not on `python_udp_ports`) the frames a HeadSelector admits
+    and runs for the rest (first time, last time, protocol, source, destination, ports,
+    packets, IP bytes, frame bytes); all other frames whole. With `part`, one share of the
+    flows (see _filters). Returns libpcap's message when the file ends in a truncated
+    record (everything before it was fed), else None; raises CaptureError when libpcap
+    cannot read the file."""
     dlt = fast_path_linktype(path)
     if dlt is None:
         raise CaptureError(f"{path}: not readable by the fast path")
-    c_filter, py_filter = _filters(dlt, python_udp_ports, part, heads=bool(flow_heads))
-    rest = iter(replay) if replay is not None else _python_part(path, py_filter, dlt, record)
+    c_filter, py_filter = _filters(dlt, python_udp_ports, part)
+    cut: list[str] = []
+    rest = _python_part(path, py_filter, dlt, cut)
     pending = next(rest, None)
-    admit = (1 << FLOW_HEAD) if flow_heads else (1 << SET_MATCH)
-    l2 = _L2_OFFSET[dlt]
-    tagged = dlt == 1
-
-    def on_packet(hdr, data: bytes, _cls: int) -> None:  # type: ignore[no-untyped-def]
-        nonlocal pending
-        if skip:
-            # The C part holds IPv4 TCP/UDP without fragments, behind at most one tag.
-            off = l2 + 4 if tagged and data[12:14] in _TAGS else l2
-            l4 = off + ((data[off] & 15) << 2)
-            if data[off + 9 : off + 10] + data[off + 12 : off + 20] + data[l4 : l4 + 4] in skip:
-                return
-        sec, usec = hdr.getts()
-        ts = sec + usec * 1e-6
-        while pending is not None and pending[0] <= ts:
-            feed(*pending)
-            pending = next(rest, None)
-        feed(ts, dlt, data)
-
-    cap = pcapy.open_offline(str(path))
-    total = admitted = 0
-    try:
-        cap.setfilter(c_filter)
-        while True:
-            res = cap.loop_filtered(CHUNK, on_packet, admit, addresses, flow_heads, None, None, 53, _L2_OFFSET[dlt])
-            seen = res[0] + res[1]
-            total += seen
-            admitted += res[0]
-            if seen < CHUNK:
-                break
-    except pcapy.PcapError as exc:
-        raise CaptureError(f"{path}: {exc}") from None
-    finally:
-        cap.close()
+    selector = HeadSelector(_L2_OFFSET[dlt], ethernet=dlt == 1, idle_timeout=idle_timeout, inspect_bytes=inspect_bytes)
+    for data, meta in _batches(path, c_filter, SELECT_BATCH, cut):
+        admitted, runs = selector.select(data, meta)
+        view = memoryview(meta).cast("I")
+        r = 0
+        n_runs = len(runs.at)
+        next_run = runs.at[0] if n_runs else -1
+        for i in admitted:
+            # Runs that begin before this frame come first (each at its first frame).
+            while 0 <= next_run < i:
+                pending = _feed_run(runs, r, feed, feed_run, pending, rest)
+                r += 1
+                next_run = runs.at[r] if r < n_runs else -1
+            j = 4 * i
+            ts = view[j] + view[j + 1] * 1e-6
+            while pending is not None and pending[0] <= ts:
+                feed(*pending)
+                pending = next(rest, None)
+            feed(ts, dlt, data[view[j + 2] : view[j + 2] + view[j + 3]])
+        while r < n_runs:
+            pending = _feed_run(runs, r, feed, feed_run, pending, rest)
+            r += 1
     while pending is not None:
         feed(*pending)
         pending = next(rest, None)
-    return total, admitted
+    return cut[0] if cut else None
+
+
+def _feed_run(runs: Runs, r: int, feed, feed_run: RunFeed, pending: Frame | None, rest: Iterator[Frame]) -> Frame | None:  # type: ignore[no-untyped-def]
+    """Feed run `r` after the frames of the other part that come before it; returns the
+    other part's next frame."""
+    first = runs.first[r]
+    while pending is not None and pending[0] <= first:
+        feed(*pending)
+        pending = next(rest, None)
+    feed_run(
+        first, runs.last[r], runs.proto[r], runs.src[r], runs.dst[r], runs.sport[r], runs.dport[r],
+        runs.packets[r], runs.ip_bytes[r], runs.frame_bytes[r],
+    )  # fmt: skip
+    return pending

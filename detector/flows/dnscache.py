@@ -28,11 +28,6 @@ def _packed(ans: DnsAnswer) -> bytes | None:
         return None
 
 
-def answer_addresses(msg: DnsMessage) -> list[bytes]:
-    """The A/AAAA addresses of a response, packed."""
-    return [a for a in map(_packed, msg.answers) if a is not None]
-
-
 class DnsCache:
     """Bounded, TTL-aware (client, address) → name map learned from DNS answers."""
 

@@ -142,9 +142,10 @@ class FlowTable:
     def __len__(self) -> int:
         return len(self._flows)
 
-    def observe(self, pkt: L4Packet) -> tuple[Flow, bool]:
+    def observe(self, pkt: L4Packet, count: int = 1, last: float = 0.0) -> tuple[Flow, bool]:
         """Count one packet into its flow (created if new); return the flow and whether the
-        packet went client → server."""
+        packet went client → server. A run of `count` packets of one direction, from
+        `pkt.ts` to `last`, counts as one packet of `pkt.ip_len` bytes (all of theirs)."""
         ts = pkt.ts
         if ts > self._now:
             self._now = ts
@@ -169,8 +170,12 @@ class FlowTable:
         flows.move_to_end(flow.fwd)
         if ts - flow.first_ts > self.active_timeout and flow.packets:
             self._report_active(flow, ts)
-        flow.last_ts = ts
-        flow.packets += 1
+        # A run may end after packets that came later in the stream (see flows.heads).
+        if last > ts:
+            ts = last
+        if ts > flow.last_ts:
+            flow.last_ts = ts
+        flow.packets += count
         if up:
             flow.up_bytes += pkt.ip_len
         else:

@@ -1,5 +1,6 @@
-"""The offline fast path (libpcap + C selection, two passes) reports exactly what the full
-path reports: same events, same byte and packet counts, on every capture we have."""
+"""The offline fast path (libpcap's BPF, numpy's head selection, one pass) reports exactly
+what the full path reports: same events, same byte and packet counts, on every capture we
+have."""
 
 from __future__ import annotations
 
@@ -8,15 +9,12 @@ from pathlib import Path
 import pytest
 
 from detector import fastpath
-from detector import pipeline as pipeline_mod
 from detector.app import build_classifier
-from detector.capture.libpcap import Recording
 from detector.capture.pcapfile import PcapWriter
 from detector.synth import builders as b
 from detector.synth.path import Path as WirePath
 from detector.capture.pcapfile import iter_frames
-from detector.fastpath import TwoPass, analyze_shared, usable
-from detector.flows.table import Flow
+from detector.fastpath import analyze_shared, usable
 from detector.model import Stats
 from detector.pipeline import Pipeline
 from e2e_helpers import make_config
@@ -44,9 +42,8 @@ def _both(path: Path, cfg) -> tuple[tuple, tuple]:
     pipe.finish()
     fast: list = []
     main = Pipeline(cfg, classifier, fast.append, Stats())
-    two = TwoPass(cfg, classifier)
-    two.analyze(path, main)
-    two.finish(main)
+    assert fastpath.analyze(path, main, cfg) is None
+    main.finish()
     return (sorted(map(_key, full)), _coverage(pipe.stats)), (sorted(map(_key, fast)), _coverage(main.stats))
 
 
@@ -74,65 +71,19 @@ def test_fast_path_agrees_on_the_real_captures(path: Path | None, cfg) -> None:
     assert fast[0] == full[0]
 
 
-def test_fast_path_keeps_most_packets_out_of_python(cfg) -> None:
-    """On the office sample, pass 2 sees only AI servers, DNS and the rest; the C part
-    drops the bulk of ordinary flows (a structural check, not a timing one)."""
+def test_fast_path_feeds_few_packets_one_by_one(cfg) -> None:
+    """On the office sample most packets reach the pipeline folded into runs (a structural
+    check, not a timing one), and every packet is counted."""
     sample = ROOT / "samples" / "office-sample.pcap"
-    two = TwoPass(cfg, build_classifier(cfg))
-    main = Pipeline(cfg, two.discovery.classifier, lambda ev: None, Stats())
-    two.analyze(sample, main)
-    two.finish(main)
-    assert two.skipped > 0
-    assert main.stats.packets == sum(1 for _ in iter_frames(sample))
-
-
-@pytest.mark.parametrize("name", ["shared-address-gemini-and-search", "shared-address-gemini-and-search-vlan"])
-def test_pass_two_skips_a_flow_named_not_to_matter_on_a_discovered_address(name: str, cfg) -> None:
-    """Gemini makes the Google address one to watch; the www.google.com download on the same
-    address was named in pass 1 and never reaches Python again (events: see the golden
-    trace and the agreement tests above)."""
-    trace = ROOT / "tests" / "golden" / "traces" / f"{name}.pcap"
-    two = TwoPass(cfg, build_classifier(cfg))
+    main = Pipeline(cfg, build_classifier(cfg), lambda ev: None, Stats())
     fed: list[int] = []
-    main = Pipeline(cfg, two.discovery.classifier, lambda ev: None, Stats())
     feed = main.feed
     main.feed = lambda ts, lt, data: (fed.append(1), feed(ts, lt, data))  # type: ignore[method-assign]
-    two.analyze(trace, main)
-    assert len(two.quiet) == 2 and len(two.loud) == 2, "each flow's two directions"
-    frames = sum(1 for _ in iter_frames(trace))
-    google_only = frames - len(fed)
-    assert google_only > 40, f"pass 2 fed {len(fed)} of {frames} frames"
-
-
-def test_pass_two_reads_the_file_again_when_pass_one_could_not_keep_the_python_part(cfg, monkeypatch) -> None:
-    sample = ROOT / "samples" / "office-sample.pcap"
-    kept = _both(sample, cfg)[1]
-    monkeypatch.setattr(fastpath, "MAX_RECORDING_BYTES", 1000)
-    full, fast = _both(sample, cfg)
-    assert fast == full == kept
-
-
-def test_a_recording_gives_up_past_its_limit() -> None:
-    rec = Recording(limit=1000)
-    rec.add((0.0, 1, bytes(500)))
-    assert rec.frames is not None and len(rec.frames) == 1
-    rec.add((0.0, 1, bytes(500)))
-    assert rec.frames is None
-    rec.add((0.0, 1, b""))
-    assert rec.frames is None
-
-
-def test_skipping_stops_once_the_flows_that_matter_fill_their_bound(cfg, monkeypatch) -> None:
-    monkeypatch.setattr(fastpath, "MAX_QUIET_FLOWS", 1)
-    two = TwoPass(cfg, build_classifier(cfg))
-    flows = [Flow(b.ip_bytes("10.20.1.10"), b.ip_bytes("142.250.1.1"), 51000 + i, 443, 6, 0.0) for i in range(3)]
-    two._named(flows[0], True)
-    two._named(flows[1], True)  # no room left to remember it
-    two._named(flows[2], False)
-    assert two.quiet_closed and not two.quiet
-    trace = ROOT / "tests" / "golden" / "traces" / "shared-address-gemini-and-search.pcap"
-    full, fast = _both(trace, cfg)
-    assert fast == full
+    fastpath.analyze(sample, main, cfg)
+    main.finish()
+    frames = sum(1 for _ in iter_frames(sample))
+    assert main.stats.packets == frames
+    assert len(fed) < frames / 2, f"{len(fed)} of {frames} frames fed one by one"
 
 
 @pytest.mark.parametrize("path", [p for p in OWN if usable(p)], ids=[p.name for p in OWN if usable(p)])
@@ -144,7 +95,8 @@ def test_splitting_a_capture_over_two_processes_changes_nothing(path: Path, cfg)
     pipe = Pipeline(cfg, classifier, full.append, Stats())
     pipe.run(iter_frames(path))
     pipe.finish()
-    events, stats = analyze_shared(path, cfg, classifier, 2)
+    events, stats, cut = analyze_shared(path, cfg, classifier, 2)
+    assert cut is None
     assert sorted(map(_key, events)) == sorted(map(_key, full))
     assert _coverage(stats) == _coverage(pipe.stats)
     assert _dns_anomalies(stats) == _dns_anomalies(pipe.stats), "each share counts its own clients' DNS"
@@ -179,26 +131,9 @@ def test_splitting_counts_each_dns_anomaly_once_and_reports_every_clients_lookup
     pipe.finish()
     assert _dns_anomalies(pipe.stats) == {"dns.short_header": 8, "dns.truncated_question": 8}
     assert sum(1 for e in full if e.kind == "dns" and e.service) == 16
-    events, stats = analyze_shared(capture, cfg, classifier, 2)
+    events, stats, _ = analyze_shared(capture, cfg, classifier, 2)
     assert sorted(map(_key, events)) == sorted(map(_key, full))
     assert _dns_anomalies(stats) == _dns_anomalies(pipe.stats)
-
-
-def test_a_shared_dns_memo_changes_nothing_and_stops_growing_at_its_bound(cfg, tmp_path, monkeypatch) -> None:
-    capture = _dns_capture(tmp_path / "dns.pcap")
-    classifier = build_classifier(cfg)
-    monkeypatch.setattr(pipeline_mod, "MAX_DNS_MEMO", 5)
-    results = []
-    memo: dict = {}
-    for shared in (None, memo, memo):  # without, filling it, reading it
-        events: list = []
-        pipe = Pipeline(cfg, classifier, events.append, Stats())
-        pipe.dns_memo = shared
-        pipe.run(iter_frames(capture))
-        pipe.finish()
-        results.append((sorted(map(_key, events)), pipe.stats.anomalies))
-    assert len(memo) == 5
-    assert results[0] == results[1] == results[2]
 
 
 def _dns_anomalies(stats: Stats) -> dict[str, int]:

@@ -1,0 +1,277 @@
+"""Which packets of a flow the pipeline must see one by one, and the rest as counted runs.
+
+The fast paths read IPv4 TCP/UDP in batches (libpcap's `next_batch`: one bytes blob and a
+record of (seconds, microseconds, offset, length) per frame). Of each flow direction the
+pipeline needs only the packets that can name a flow or change its state: the first ones,
+SYN/FIN/RST, the client's stream up to the end of its TLS ClientHello or HTTP request head,
+and the first datagrams of a UDP flow (a QUIC handshake). Everything else only counts: it is
+folded into *runs* (one flow direction's consecutive packets within a second: how many, IP
+bytes, frame bytes, first and last time), which the flow table counts as if it had seen
+each packet. The selection is done with numpy over the whole batch (a sort by flow, then
+cumulative sums), so Python touches a packet only when it matters.
+
+Selection errs on the side of admitting: a flow direction whose state is forgotten (idle
+past the timeout, a new SYN, the state bound) starts over with its head. Two flow
+directions share state only when their 64-bit hashes collide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from detector.decode.http import MAX_HEAD_LEN
+from detector.model import TCP
+
+# Packets per TCP flow direction admitted whatever they hold: the first, which opens the
+# flow (SYN, SYN/ACK, FIN and RST always pass too).
+TCP_HEAD = 1
+# Datagrams per UDP flow direction admitted whatever they hold (Google QUIC's hello has a
+# short header), and within how many a QUIC long header (Initial, Handshake) is: the
+# pipeline inspects a UDP flow within its first 16 packets (pipeline.MAX_QUIC_INITIALS).
+UDP_HEAD = 4
+UDP_HANDSHAKE = 16
+# A run never spans more than this many seconds: a long flow's report every
+# `active_timeout` then splits its bytes within this much of where the full path does.
+RUN_SECONDS = 10.0
+# Frames whose flow state is kept, at most; beyond it the least recently seen half is
+# forgotten (those flows only start over with their head).
+MAX_STATES = 1 << 20
+
+_FIN_SYN_RST = 0x07
+_SYN = 0x02
+_TLS_HANDSHAKE = 0x16
+_CLIENT_HELLO = 0x01
+# libpcap's `vlan` keyword: 802.1Q, 802.1ad and the old QinQ 0x9100.
+_VLAN_TYPES = (0x8100, 0x88A8, 0x9100)
+# Byte offsets from the IPv4 header: its 20 bytes and a TCP header's first 20 (a UDP
+# header's 8); from the first payload byte: a TLS record and handshake header; from the
+# payload's end: its last four bytes.
+_HEADERS = np.arange(40)
+_PEEK = np.arange(9)
+_TAIL = np.arange(-4, 0)
+_HTTP_RESPONSE = np.frombuffer(b"HTTP/", dtype=np.uint8)
+_HEAD_END = np.frombuffer(b"\r\n\r\n", dtype=np.uint8)
+# A sequence number this far past the stream's start is before it (a retransmitted SYN's
+# data, a stream seen mid-way): admitted, the reassembler sorts it out.
+_BEFORE_START = 1 << 31
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0xBF58476D1CE4E5B9)
+_M3 = np.uint64(0x94D049BB133111EB)
+
+
+@dataclass(slots=True)
+class Runs:
+    """One batch's runs, column by column (Python lists, same length). `at` is the index
+    of a run's first frame in the batch; `src`/`dst` packed IPv4 addresses."""
+
+    at: list[int]
+    first: list[float]
+    last: list[float]
+    proto: list[int]
+    src: list[bytes]
+    dst: list[bytes]
+    sport: list[int]
+    dport: list[int]
+    packets: list[int]
+    ip_bytes: list[int]
+    frame_bytes: list[int]
+
+
+class HeadSelector:
+    """Per flow direction state across batches; `select` splits one batch."""
+
+    __slots__ = ("l2", "ethernet", "idle_timeout", "inspect_bytes", "_state", "_sweep_at")
+
+    def __init__(self, l2_offset: int, *, ethernet: bool, idle_timeout: float, inspect_bytes: int) -> None:
+        self.l2 = l2_offset
+        self.ethernet = ethernet
+        self.idle_timeout = idle_timeout
+        self.inspect_bytes = inspect_bytes
+        # flow-direction hash -> (packets seen, stream's first sequence number or -1, stream
+        # bytes needed or -1 while unknown, last time)
+        self._state: dict[int, tuple[int, int, int, float]] = {}
+        self._sweep_at = 0.0
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def select(self, data: bytes, meta: bytes) -> tuple[list[int], Runs]:
+        """Split a batch of IPv4 TCP/UDP frames (no fragments, at most one VLAN tag, as a
+        BPF filter leaves them): the indices of the frames to feed one by one, in order,
+        and the runs that stand for all other frames."""
+        m = np.frombuffer(meta, dtype=np.uint32).reshape(-1, 4)
+        n = len(m)
+        b = np.frombuffer(data, dtype=np.uint8)
+        last_byte = len(b) - 1
+        ts = m[:, 0] + m[:, 1] * 1e-6
+        off = m[:, 2].astype(np.int64)
+        caplen = m[:, 3].astype(np.int64)
+        l3 = off + self.l2
+        if self.ethernet:
+            etype = (b[off + 12].astype(np.int64) << 8) | b[off + 13]
+            l3 += np.isin(etype, _VLAN_TYPES) * 4
+        # The IPv4 and TCP/UDP headers without options, and the first payload bytes, as
+        # rows (a frame cut short reads bytes of the next one: it is not "plain" below).
+        w = b[np.minimum(l3[:, None] + _HEADERS, last_byte)]
+        total = (w[:, 2].astype(np.int64) << 8) | w[:, 3]
+        proto = w[:, 9].astype(np.int64)
+        ports = _be32(w, 20)
+        tcp = proto == TCP
+        flags = np.where(tcp, w[:, 33], 0)
+        hlen = np.where(tcp, (w[:, 32] >> 4).astype(np.int64) << 2, 8)
+        pay = total - 20 - hlen
+        # What the ordinary decoder reads as plain TCP/UDP (no IP options, sane lengths,
+        # header captured); anything else goes to Python whole, to be decoded or counted
+        # as an anomaly there.
+        plain = (w[:, 0] == 0x45) & (pay >= 0) & (caplen >= l3 - off + 20 + np.where(tcp, 20, 8))
+        plain &= np.where(tcp, hlen >= 20, ((w[:, 24].astype(np.int64) << 8) | w[:, 25]) == total - 20)
+        pay = np.where(plain, pay, 0)
+        start = l3 + 20 + hlen
+        peek = b[np.minimum(start[:, None] + _PEEK, last_byte)]
+        tail = b[np.minimum((start + pay)[:, None] + _TAIL, last_byte)]
+        key = ((_be32(w, 12).astype(np.uint64) << np.uint64(32)) | _be32(w, 16).astype(np.uint64)) * _M1
+        key ^= ((ports.astype(np.uint64) << np.uint64(8)) | proto.astype(np.uint64)) * _M2
+        key ^= key >> np.uint64(31)
+
+        order = np.argsort(key, kind="stable")  # by flow direction, in time order within one
+        k = key[order]
+        t = ts[order]
+        f = flags[order]
+        syn = (f & _SYN) != 0
+        p = pay[order]
+        seq = np.where(tcp, _be32(w, 24), 0)[order]
+        new_key = np.empty(n, dtype=bool)
+        new_key[0] = True
+        np.not_equal(k[1:], k[:-1], out=new_key[1:])
+        gap = np.empty(n, dtype=bool)
+        gap[0] = False
+        np.greater(t[1:] - t[:-1], self.idle_timeout, out=gap[1:])
+        # A segment is one flow direction's life within the batch: a SYN or an idle gap
+        # starts a new one (a reused 5-tuple is a new flow to the flow table too).
+        seg_start = new_key | syn | gap
+        seg = np.cumsum(seg_start) - 1
+        seg_first = np.flatnonzero(seg_start)
+        heads = np.flatnonzero(new_key)
+        uniq = k[heads].tolist()
+        # Per segment: packets before the batch, first sequence number, bytes needed.
+        base = np.full((len(seg_first), 3), -1, dtype=np.int64)
+        base[:, 0] = 0
+        rows = np.searchsorted(seg_first, heads)
+        state = self._state
+        for row, h, i in zip(rows.tolist(), uniq, heads.tolist()):
+            c = state.get(h)
+            # The batch's first packet of a direction continues its state unless it
+            # starts a new life (SYN, or idle since the state was last seen).
+            if c is not None and not syn[i] and t[i] - c[3] <= self.idle_timeout:
+                base[row] = c[:3]
+        rank = np.arange(n) - seg_first[seg] + base[seg, 0]
+        # A stream starts after its SYN, else at the first payload seen.
+        unknown = base[:, 1] < 0
+        syn_first = syn[seg_first] & unknown
+        base[syn_first, 1] = (seq[seg_first[syn_first]] + 1) & 0xFFFFFFFF
+        carrying = p > 0
+        first_pay = np.flatnonzero(carrying & ~syn)
+        if len(first_pay):
+            segs, at = np.unique(seg[first_pay], return_index=True)
+            fresh = base[segs, 1] < 0
+            base[segs[fresh], 1] = seq[first_pay[at[fresh]]]
+        rel = (seq - base[seg, 1]) & 0xFFFFFFFF
+        # The packet at the stream's start tells how much of it the pipeline needs.
+        opens = carrying & (rel == 0) & (base[seg, 2] < 0)
+        base[seg[opens], 2] = self._stream_limits(peek[order][opens], tail[order][opens], p[opens])
+        need = np.where(base[seg, 2] < 0, self.inspect_bytes, base[seg, 2])
+        is_tcp = tcp[order]
+        admit_sorted = (
+            ~plain[order]
+            | ((f & _FIN_SYN_RST) != 0)
+            | np.where(
+                is_tcp,
+                (rank < TCP_HEAD) | (carrying & ((rel < need) | (rel >= _BEFORE_START))),
+                (rank < UDP_HEAD) | ((rank < UDP_HANDSHAKE) & ((peek[order][:, 0] & 0x80) != 0)),
+            )
+        )
+        self._keep(uniq, heads, n, rank, base, seg, t)
+        admit = np.empty(n, dtype=bool)
+        admit[order] = admit_sorted
+        return np.flatnonzero(admit).tolist(), self._runs(order, admit_sorted, seg, t, ts, total, caplen, proto, ports, data, l3)
+
+    def _stream_limits(self, peek: np.ndarray, tail: np.ndarray, pay: np.ndarray) -> np.ndarray:
+        """How many bytes of a stream the pipeline may need, from the packet at its start
+        (`peek`: its first payload bytes, `tail`: its last four): a TLS ClientHello up to
+        the end of its record (or the inspection buffer, for a hello cut into several
+        records); an HTTP request head up to this packet's end when the head ends here,
+        else as far as the HTTP decoder ever reads; anything else, this packet only (it
+        tells the pipeline what the flow is not)."""
+        hs_len = (peek[:, 6].astype(np.int64) << 16) | (peek[:, 7].astype(np.int64) << 8) | peek[:, 8]
+        rec_len = (peek[:, 3].astype(np.int64) << 8) | peek[:, 4]
+        hello = (peek[:, 0] == _TLS_HANDSHAKE) & (pay >= 9) & (peek[:, 5] == _CLIENT_HELLO)
+        tls = np.where(rec_len >= hs_len + 4, 5 + rec_len, self.inspect_bytes)
+        request = (peek[:, 0] >= 0x41) & (peek[:, 0] <= 0x5A) & ~(peek[:, :5] == _HTTP_RESPONSE).all(axis=1)
+        ends_head = (pay >= 4) & (tail == _HEAD_END).all(axis=1)
+        http = np.where(ends_head, pay, MAX_HEAD_LEN + 1)
+        return np.maximum(np.where(hello, tls, np.where(request, http, 1)), 1)
+
+    def _keep(self, uniq, heads, n, rank, base, seg, t) -> None:  # type: ignore[no-untyped-def]
+        """Remember each direction's state as its last segment in this batch left it."""
+        ends = np.empty(len(heads), dtype=np.int64)
+        ends[:-1] = heads[1:] - 1
+        ends[-1] = n - 1
+        last = base[seg[ends]]
+        state = self._state
+        for h, r, s0, lim, at in zip(uniq, (rank[ends] + 1).tolist(), last[:, 1].tolist(), last[:, 2].tolist(), t[ends].tolist()):
+            state[h] = (r, s0, lim, at)
+        now = float(t[ends].max())
+        if now >= self._sweep_at or len(state) > MAX_STATES:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Forget directions idle past the timeout (the flow table has ended them), and the
+        least recently seen half when the state is still too large."""
+        self._sweep_at = now + self.idle_timeout
+        cutoff = now - self.idle_timeout
+        state = {h: s for h, s in self._state.items() if s[3] > cutoff}
+        if len(state) > MAX_STATES:
+            keep = sorted(state.items(), key=lambda kv: kv[1][3])[len(state) // 2 :]
+            state = dict(keep)
+        self._state = state
+
+    def _runs(self, order, admit_sorted, seg, t, ts, total, caplen, proto, ports, data, l3) -> Runs:  # type: ignore[no-untyped-def]
+        """Group the frames not admitted into runs: one segment's frames within a second."""
+        drop = np.flatnonzero(~admit_sorted)
+        if not len(drop):
+            return Runs([], [], [], [], [], [], [], [], [], [], [])
+        sec = np.floor(t[drop] / RUN_SECONDS).astype(np.int64)
+        sg = seg[drop]
+        brk = np.empty(len(drop), dtype=bool)
+        brk[0] = True
+        brk[1:] = (sg[1:] != sg[:-1]) | (sec[1:] != sec[:-1])
+        firsts = np.flatnonzero(brk)
+        lasts = np.empty(len(firsts), dtype=np.int64)
+        lasts[:-1] = firsts[1:] - 1
+        lasts[-1] = len(drop) - 1
+        frames = order[drop]  # batch indices, grouped by flow direction
+        at = frames[firsts]
+        # In stream order: each run where its first frame was.
+        o = np.argsort(at)
+        at = at[o]
+        first_l3 = l3[at].tolist()
+        return Runs(
+            at=at.tolist(),
+            first=ts[at].tolist(),
+            last=ts[frames[lasts[o]]].tolist(),
+            proto=proto[at].tolist(),
+            src=[data[i + 12 : i + 16] for i in first_l3],
+            dst=[data[i + 16 : i + 20] for i in first_l3],
+            sport=(ports[at] >> 16).tolist(),
+            dport=(ports[at] & 0xFFFF).tolist(),
+            packets=(lasts - firsts + 1)[o].tolist(),
+            ip_bytes=np.add.reduceat(total[frames], firsts)[o].tolist(),
+            frame_bytes=np.add.reduceat(caplen[frames], firsts)[o].tolist(),
+        )
+
+
+def _be32(rows: np.ndarray, at: int) -> np.ndarray:
+    """Columns at..at+3 of byte rows as big-endian 32-bit numbers."""
+    return np.ascontiguousarray(rows[:, at : at + 4]).view(">u4")[:, 0].astype(np.int64)
