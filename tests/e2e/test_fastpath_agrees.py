@@ -138,3 +138,26 @@ def test_splitting_counts_each_dns_anomaly_once_and_reports_every_clients_lookup
 
 def _dns_anomalies(stats: Stats) -> dict[str, int]:
     return {k: v for k, v in stats.anomalies.items() if k.startswith("dns.")}
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.999])
+def test_a_capture_cut_mid_record_gives_what_the_full_path_gives_and_says_so(cfg, tmp_path, keep) -> None:
+    """libpcap loses the batch that holds a truncated record; the fast path reads up to the
+    cut again, so every whole packet before it still counts."""
+    sample = ROOT / "samples" / "office-sample.pcap"
+    data = sample.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    classifier = build_classifier(cfg)
+    full: list = []
+    warnings: list[str] = []
+    pipe = Pipeline(cfg, classifier, full.append, Stats())
+    pipe.run(iter_frames(cut, on_warning=warnings.append))
+    pipe.finish()
+    fast: list = []
+    main = Pipeline(cfg, classifier, fast.append, Stats())
+    message = fastpath.analyze(cut, main, cfg)
+    main.finish()
+    assert warnings and message and "truncated" in message
+    assert sorted(map(_key, fast)) == sorted(map(_key, full))
+    assert _coverage(main.stats) == _coverage(pipe.stats)
