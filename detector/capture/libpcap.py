@@ -16,7 +16,7 @@ from pathlib import Path
 import pcapy
 
 from detector.capture.pcapfile import CaptureError
-from detector.flows.heads import HeadSelector, Runs
+from detector.flows.heads import HeadSelector, RunFeed
 from detector.model import DNS_UDP_PORTS
 
 # Where the IPv4 header starts, per DLT, before any VLAN tag (the head selector skips one).
@@ -181,9 +181,6 @@ def _python_part(path: Path, expression: str, dlt: int, cut: list[str]) -> Itera
         ]
 
 
-RunFeed = Callable[[float, float, int, bytes, bytes, int, int, int, int, int], None]
-
-
 def feed_partitioned(
     path: Path,
     feed: Callable[[float, int, bytes], None],
@@ -206,45 +203,33 @@ def feed_partitioned(
         raise CaptureError(f"{path}: not readable by the fast path")
     c_filter, py_filter = _filters(dlt, python_udp_ports, part)
     cut: list[str] = []
-    rest = _python_part(path, py_filter, dlt, cut)
-    pending = next(rest, None)
-    selector = HeadSelector(_L2_OFFSET[dlt], ethernet=dlt == 1, idle_timeout=idle_timeout, inspect_bytes=inspect_bytes)
+    rest = _Merge(_python_part(path, py_filter, dlt, cut), feed)
+    selector = HeadSelector(
+        _L2_OFFSET[dlt], ethernet=dlt == 1, whole_ports=python_udp_ports, idle_timeout=idle_timeout,
+        inspect_bytes=inspect_bytes,
+    )  # fmt: skip
     for data, meta in _batches(path, c_filter, SELECT_BATCH, cut):
-        admitted, runs = selector.select(data, meta)
-        view = memoryview(meta).cast("I")
-        r = 0
-        n_runs = len(runs.at)
-        next_run = runs.at[0] if n_runs else -1
-        for i in admitted:
-            # Runs that begin before this frame come first (each at its first frame).
-            while 0 <= next_run < i:
-                pending = _feed_run(runs, r, feed, feed_run, pending, rest)
-                r += 1
-                next_run = runs.at[r] if r < n_runs else -1
-            j = 4 * i
-            ts = view[j] + view[j + 1] * 1e-6
-            while pending is not None and pending[0] <= ts:
-                feed(*pending)
-                pending = next(rest, None)
-            feed(ts, dlt, data[view[j + 2] : view[j + 2] + view[j + 3]])
-        while r < n_runs:
-            pending = _feed_run(runs, r, feed, feed_run, pending, rest)
-            r += 1
-    while pending is not None:
-        feed(*pending)
-        pending = next(rest, None)
+        selector.feed(data, meta, dlt, feed, feed_run, rest)
+    rest(float("inf"))
     return cut[0] if cut else None
 
 
-def _feed_run(runs: Runs, r: int, feed, feed_run: RunFeed, pending: Frame | None, rest: Iterator[Frame]) -> Frame | None:  # type: ignore[no-untyped-def]
-    """Feed run `r` after the frames of the other part that come before it; returns the
-    other part's next frame."""
-    first = runs.first[r]
-    while pending is not None and pending[0] <= first:
-        feed(*pending)
-        pending = next(rest, None)
-    feed_run(
-        first, runs.last[r], runs.proto[r], runs.src[r], runs.dst[r], runs.sport[r], runs.dport[r],
-        runs.packets[r], runs.ip_bytes[r], runs.frame_bytes[r],
-    )  # fmt: skip
-    return pending
+class _Merge:
+    """Called with a time: feeds the other part's frames up to that time."""
+
+    __slots__ = ("_frames", "_feed", "_pending")
+
+    def __init__(self, frames: Iterator[Frame], feed: Callable[[float, int, bytes], None]) -> None:
+        self._frames = frames
+        self._feed = feed
+        self._pending = next(frames, None)
+
+    def __call__(self, ts: float) -> None:
+        pending = self._pending
+        if pending is None or pending[0] > ts:
+            return
+        feed, frames = self._feed, self._frames
+        while pending is not None and pending[0] <= ts:
+            feed(*pending)
+            pending = next(frames, None)
+        self._pending = pending

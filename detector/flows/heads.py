@@ -17,6 +17,7 @@ directions share state only when their 64-bit hashes collide.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,7 @@ UDP_HEAD = 4
 UDP_HANDSHAKE = 16
 # A run never spans more than this many seconds: a long flow's report every
 # `active_timeout` then splits its bytes within this much of where the full path does.
-RUN_SECONDS = 10.0
+RUN_SECONDS = 60.0
 # Frames whose flow state is kept, at most; beyond it the least recently seen half is
 # forgotten (those flows only start over with their head).
 MAX_STATES = 1 << 20
@@ -43,6 +44,10 @@ _FIN_SYN_RST = 0x07
 _SYN = 0x02
 _TLS_HANDSHAKE = 0x16
 _CLIENT_HELLO = 0x01
+_UDP = 17
+_DNS_PORT = 53
+# From a frame's start: the EtherType, or a VLAN tag and the EtherType after it.
+_LINK = np.arange(12, 18)
 # libpcap's `vlan` keyword: 802.1Q, 802.1ad and the old QinQ 0x9100.
 _VLAN_TYPES = (0x8100, 0x88A8, 0x9100)
 # Byte offsets from the IPv4 header: its 20 bytes and a TCP header's first 20 (a UDP
@@ -82,11 +87,16 @@ class Runs:
 class HeadSelector:
     """Per flow direction state across batches; `select` splits one batch."""
 
-    __slots__ = ("l2", "ethernet", "idle_timeout", "inspect_bytes", "_state", "_sweep_at")
+    __slots__ = ("l2", "ethernet", "whole_ports", "idle_timeout", "inspect_bytes", "_state", "_sweep_at")
 
-    def __init__(self, l2_offset: int, *, ethernet: bool, idle_timeout: float, inspect_bytes: int) -> None:
+    def __init__(
+        self, l2_offset: int, *, ethernet: bool, whole_ports: Iterable[int], idle_timeout: float, inspect_bytes: int
+    ) -> None:
         self.l2 = l2_offset
         self.ethernet = ethernet
+        # UDP ports whose datagrams the pipeline needs whole (DNS, tunnels); TCP port 53
+        # too (DNS over TCP is read in both directions).
+        self.whole_ports = np.array(sorted(set(whole_ports)), dtype=np.int64)
         self.idle_timeout = idle_timeout
         self.inspect_bytes = inspect_bytes
         # flow-direction hash -> (packets seen, stream's first sequence number or -1, stream
@@ -97,10 +107,41 @@ class HeadSelector:
     def __len__(self) -> int:
         return len(self._state)
 
+    def feed(
+        self,
+        data: bytes,
+        meta: bytes,
+        linktype: int,
+        feed: Callable[[float, int, bytes], None],
+        feed_run: RunFeed,
+        before: Callable[[float], None] | None = None,
+    ) -> None:
+        """Select a batch (libpcap's `next_batch` result) and feed it in stream order: the
+        admitted frames to `feed`, runs to `feed_run` (each where its first frame was).
+        `before(ts)`, when given, is called ahead of each, to merge in another stream."""
+        admitted, runs = self.select(data, meta)
+        view = memoryview(meta).cast("I")
+        at = runs.at
+        n_runs = len(at)
+        r = 0
+        next_run = at[0] if n_runs else -1
+        for i in admitted:
+            while 0 <= next_run < i:
+                _feed_run(runs, r, feed_run, before)
+                r += 1
+                next_run = at[r] if r < n_runs else -1
+            j = 4 * i
+            ts = view[j] + view[j + 1] * 1e-6
+            if before is not None:
+                before(ts)
+            feed(ts, linktype, data[view[j + 2] : view[j + 2] + view[j + 3]])
+        for r in range(r, n_runs):
+            _feed_run(runs, r, feed_run, before)
+
     def select(self, data: bytes, meta: bytes) -> tuple[list[int], Runs]:
-        """Split a batch of IPv4 TCP/UDP frames (no fragments, at most one VLAN tag, as a
-        BPF filter leaves them): the indices of the frames to feed one by one, in order,
-        and the runs that stand for all other frames."""
+        """Split a batch of frames: the indices of the frames to feed one by one, in order,
+        and the runs that stand for all other frames. Only plain IPv4 TCP/UDP (behind at
+        most one VLAN tag on Ethernet) is folded into runs; everything else is fed."""
         m = np.frombuffer(meta, dtype=np.uint32).reshape(-1, 4)
         n = len(m)
         b = np.frombuffer(data, dtype=np.uint8)
@@ -109,9 +150,12 @@ class HeadSelector:
         off = m[:, 2].astype(np.int64)
         caplen = m[:, 3].astype(np.int64)
         l3 = off + self.l2
+        ipv4 = np.ones(n, dtype=bool)
         if self.ethernet:
-            etype = (b[off + 12].astype(np.int64) << 8) | b[off + 13]
-            l3 += np.isin(etype, _VLAN_TYPES) * 4
+            link = b[np.minimum(off[:, None] + _LINK, last_byte)].astype(np.int64)
+            tagged = np.isin((link[:, 0] << 8) | link[:, 1], _VLAN_TYPES)
+            l3 += tagged * 4
+            ipv4 = np.where(tagged, (link[:, 4] << 8) | link[:, 5], (link[:, 0] << 8) | link[:, 1]) == 0x0800
         # The IPv4 and TCP/UDP headers without options, and the first payload bytes, as
         # rows (a frame cut short reads bytes of the next one: it is not "plain" below).
         w = b[np.minimum(l3[:, None] + _HEADERS, last_byte)]
@@ -125,8 +169,17 @@ class HeadSelector:
         # What the ordinary decoder reads as plain TCP/UDP (no IP options, sane lengths,
         # header captured); anything else goes to Python whole, to be decoded or counted
         # as an anomaly there.
-        plain = (w[:, 0] == 0x45) & (pay >= 0) & (caplen >= l3 - off + 20 + np.where(tcp, 20, 8))
-        plain &= np.where(tcp, hlen >= 20, ((w[:, 24].astype(np.int64) << 8) | w[:, 25]) == total - 20)
+        plain = ipv4 & (w[:, 0] == 0x45) & (pay >= 0) & (caplen >= l3 - off + 20 + np.where(tcp, 20, 8))
+        plain &= ((w[:, 6] & 0x3F) == 0) & (w[:, 7] == 0)  # not a fragment
+        sport, dport = ports >> 16, ports & 0xFFFF
+        plain &= np.where(
+            tcp,
+            (hlen >= 20) & (sport != _DNS_PORT) & (dport != _DNS_PORT),
+            (proto == _UDP)
+            & (((w[:, 24].astype(np.int64) << 8) | w[:, 25]) == total - 20)
+            & ~np.isin(sport, self.whole_ports)
+            & ~np.isin(dport, self.whole_ports),
+        )
         pay = np.where(plain, pay, 0)
         start = l3 + 20 + hlen
         peek = b[np.minimum(start[:, None] + _PEEK, last_byte)]
@@ -275,3 +328,16 @@ class HeadSelector:
 def _be32(rows: np.ndarray, at: int) -> np.ndarray:
     """Columns at..at+3 of byte rows as big-endian 32-bit numbers."""
     return np.ascontiguousarray(rows[:, at : at + 4]).view(">u4")[:, 0].astype(np.int64)
+
+
+RunFeed = Callable[[float, float, int, bytes, bytes, int, int, int, int, int], None]
+
+
+def _feed_run(runs: Runs, r: int, feed_run: RunFeed, before: Callable[[float], None] | None) -> None:
+    first = runs.first[r]
+    if before is not None:
+        before(first)
+    feed_run(
+        first, runs.last[r], runs.proto[r], runs.src[r], runs.dst[r], runs.sport[r], runs.dport[r],
+        runs.packets[r], runs.ip_bytes[r], runs.frame_bytes[r],
+    )  # fmt: skip

@@ -41,7 +41,7 @@ def _batch(frames: list[tuple[float, bytes]]) -> tuple[bytes, bytes]:
 def _select(frames: list[tuple[float, bytes]], batch: int) -> tuple[list[int], list[tuple]]:
     """Fed frame indices and runs (first frame, packets, IP bytes, frame bytes) over the
     whole sequence, in batches of `batch` frames."""
-    sel = HeadSelector(14, ethernet=True, idle_timeout=120.0, inspect_bytes=32768)
+    sel = HeadSelector(14, ethernet=True, whole_ports=(53,), idle_timeout=120.0, inspect_bytes=32768)
     fed: list[int] = []
     runs: list[tuple] = []
     for start in range(0, len(frames), batch):
@@ -160,3 +160,27 @@ def test_a_flow_seen_mid_way_is_opened_by_its_first_packet() -> None:
     fed = _select(frames, 64)[0]
     firsts = {frames[i][1][26:38] for i in fed[:TCP_HEAD * 2]}
     assert len(firsts) == 2, "each direction's first packet"
+
+
+def test_what_is_not_plain_ipv4_tcp_or_udp_is_always_fed_whole() -> None:
+    """Live batches hold everything on the link: DNS (UDP and TCP), tunnels, fragments,
+    IPv4 with options, IPv6 and ARP reach the pipeline one by one, however many there are."""
+    plain = _frame(CLIENT, SERVER, 40000, 443, payload=b"\x17" + bytes(99))
+    frag = bytearray(plain)
+    frag[20] = 0x20  # more fragments
+    options = bytearray(plain[:14] + b"\x46" + plain[15:34] + bytes(4) + plain[34:])
+    options[17] += 4
+    ipv6 = b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd" + bytes(60)
+    arp = b"\xff" * 6 + b"\x04" * 6 + b"\x08\x06" + bytes(28)
+    kinds = [
+        _frame(CLIENT, SERVER, 40001, 53, proto=17, payload=bytes(30)),
+        _frame(CLIENT, SERVER, 40002, 53, payload=bytes(30)),
+        _frame(CLIENT, SERVER, 40003, 4789, proto=17, payload=bytes(60)),
+        bytes(frag), bytes(options), ipv6, arp,
+    ]
+    frames = [(100.0 + i * 0.001, kinds[i % len(kinds)]) for i in range(10 * len(kinds))]
+    frames += [(200.0 + i * 0.001, _frame(CLIENT, SERVER, 40000, 443, seq=i * 100, payload=b"\x17" + bytes(99))) for i in range(20)]
+    sel = HeadSelector(14, ethernet=True, whole_ports=(53, 4789), idle_timeout=120.0, inspect_bytes=32768)
+    fed, runs = sel.select(*_batch(frames))
+    assert fed == list(range(10 * len(kinds))) + [10 * len(kinds)]
+    assert sum(runs.packets) == 19
