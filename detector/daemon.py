@@ -31,15 +31,18 @@ from detector.capture.live import (
 )
 from detector.capture.pcapfile import iter_frames
 from detector.config import Config, state_path
+from detector.fastpath import PYTHON_UDP_PORTS
+from detector.flows.heads import HeadSelector
 from detector.model import Stats, UsageEvent
 from detector.pipeline import Pipeline
 from detector.sinks.metrics import RulesState
 
 log = logging.getLogger("shadowai")
 
-# Batches waiting for the pipeline. When Python falls behind, readers block here and the
-# kernel ring buffer absorbs the burst (its drops are counted), instead of memory growing.
-QUEUE_BATCHES = 256
+# Batches waiting for the pipeline (a live window holds up to 4 MB). When Python falls
+# behind, readers block here and the kernel ring buffer absorbs the burst (its drops are
+# counted), instead of memory growing.
+QUEUE_BATCHES = 32
 # How often the main loop does its housekeeping (flow expiry on wall time, watchdog,
 # filter update, retention) when packets keep it busy.
 HOUSEKEEPING_SECONDS = 1.0
@@ -54,18 +57,23 @@ HEALTH_SECONDS = 10.0
 FILTER_UPDATE_SECONDS = 1.0
 
 
+# What a reader's batches are, and so how the main loop feeds them: frames, frames of a
+# worker's DNS handle, or a window of raw frames for the head selection.
+FRAMES, DNS_FRAMES, WINDOW = 0, 1, 2
+
+
 class _Reader(threading.Thread):
     """Moves batches from one source into the queue until stopped or exhausted; each goes
-    as (dns_share, batch), dns_share telling that it comes from a worker's DNS handle."""
+    as (kind, batch), kind being FRAMES, DNS_FRAMES or WINDOW."""
 
     def __init__(
-        self, name: str, read: Callable[[], list | None], out: queue.Queue, stop: threading.Event, dns_share: bool = False
+        self, name: str, read: Callable[[], object], out: queue.Queue, stop: threading.Event, kind: int = FRAMES
     ) -> None:
         super().__init__(name=f"capture-{name}", daemon=True)
         self._read, self._out, self._halt = read, out, stop
-        self.dns_share = dns_share
+        self.kind = kind
         self.error: str | None = None
-        self.leftover: list = []
+        self.leftover: object = None
         self.finished = threading.Event()
 
     def run(self) -> None:
@@ -79,7 +87,7 @@ class _Reader(threading.Thread):
                         self.leftover = batch  # the main thread takes it at shutdown
                         break
                     try:
-                        self._out.put((self.dns_share, batch), timeout=0.2)
+                        self._out.put((self.kind, batch), timeout=0.2)
                         break
                     except queue.Full:
                         continue
@@ -87,6 +95,14 @@ class _Reader(threading.Thread):
             self.error = f"{self.name}: {exc}"
         finally:
             self.finished.set()
+
+
+def _kind(iface: LiveInterface) -> int:
+    """How an interface's batches are read and fed: a worker's DNS handle by frames, an
+    Ethernet link by windows for the head selection, anything else by frames."""
+    if iface.share == "dns":
+        return DNS_FRAMES
+    return WINDOW if iface.linktype == 1 else FRAMES
 
 
 class _Replay:
@@ -208,8 +224,13 @@ class Daemon:
         self.classifier = build_classifier(cfg)
         self._rules_loaded(True)
         self.pipeline = Pipeline(cfg, self.classifier, self._emit, self.stats)
-        # How a batch is fed, by its reader's dns_share flag.
-        self._feeds = (self.pipeline.feed, self.pipeline.feed_dns_share)
+        # Each IPv4 flow of a live link reaches the pipeline as its head and counted runs.
+        self._heads = HeadSelector(
+            14, ethernet=True, whole_ports=PYTHON_UDP_PORTS, idle_timeout=cfg.flows.idle_timeout,
+            inspect_bytes=cfg.flows.inspect_bytes,
+        )  # fmt: skip
+        # How a batch is fed, by its reader's kind.
+        self._feeds = (self._feed_frames, self._feed_dns_frames, self._feed_window)
         # Every worker sees all DNS; one of them reports the lookups.
         self.pipeline.lookup_share = (0, 1) if self.worker is None or self.worker[0] == 0 else None
         if cfg.capture.bpf == "auto" and self.interfaces:
@@ -275,6 +296,19 @@ class Daemon:
             source = _Replay(self.replay, self.realtime, warn)
             self._readers.append(_Reader(self.replay.name, source.read, self._queue, self._stop))
 
+    def _feed_frames(self, batch: list) -> None:
+        feed = self.pipeline.feed
+        for ts, lt, data in batch:
+            feed(ts, lt, data)
+
+    def _feed_dns_frames(self, batch: list) -> None:
+        feed = self.pipeline.feed_dns_share
+        for ts, lt, data in batch:
+            feed(ts, lt, data)
+
+    def _feed_window(self, window: tuple[bytes, bytes]) -> None:
+        self._heads.feed(window[0], window[1], 1, self.pipeline.feed, self.pipeline.feed_run)
+
     def _open_interface(self, name: str, share: str) -> None:
         cfg = self.cfg.capture
         iface = LiveInterface(
@@ -293,7 +327,8 @@ class Daemon:
         if bpf:
             iface.set_filter(bpf)
         self._live.append(iface)
-        self._readers.append(_Reader(name, iface.read, self._queue, self._stop, dns_share=share == "dns"))
+        kind = _kind(iface)
+        self._readers.append(_Reader(name, iface.read_window if kind == WINDOW else iface.read, self._queue, self._stop, kind))
 
     def _rules_loaded(self, ok: bool) -> None:
         # The metrics hold this same object: update it in place.
@@ -366,13 +401,11 @@ class Daemon:
         try:
             while not self._stop.is_set():
                 try:
-                    dns_share, batch = self._queue.get(timeout=0.2)
+                    kind, batch = self._queue.get(timeout=0.2)
                 except queue.Empty:
                     batch = None
                 if batch:
-                    feed = feeds[dns_share]
-                    for ts, lt, data in batch:
-                        feed(ts, lt, data)
+                    feeds[kind](batch)
                     if self.bulk.changed and time.monotonic() - self._filters_at > FILTER_UPDATE_SECONDS:
                         self._update_filters()
                 now = time.monotonic()
@@ -447,17 +480,20 @@ class Daemon:
         feeds = self._feeds
         try:
             while True:
-                dns_share, batch = self._queue.get_nowait()
-                for frame in batch:
-                    feeds[dns_share](*frame)
+                kind, batch = self._queue.get_nowait()
+                feeds[kind](batch)
         except queue.Empty:
             pass
         for r in self._readers:
-            for frame in r.leftover:
-                feeds[r.dns_share](*frame)
+            if r.leftover:
+                feeds[r.kind](r.leftover)
         for iface in self._live:
-            for frame in iface.drain(MAX_DRAIN_BATCHES):
-                feeds[iface.share == "dns"](*frame)
+            kind = _kind(iface)
+            if kind == WINDOW:
+                for window in iface.drain(MAX_DRAIN_BATCHES, window=True):
+                    feeds[WINDOW](window)
+            else:
+                feeds[kind](iface.drain(MAX_DRAIN_BATCHES))
         if not finished:
             self.pipeline.finish()
         for closer in reversed(self._closers):

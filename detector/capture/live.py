@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import pcapy
 
 from detector.model import DNS_UDP_PORTS
@@ -23,6 +25,11 @@ BATCH = 512
 # libpcap read timeout: how long a quiet interface may hold back a partial batch. Short,
 # because the filter learns AI endpoints from ClientHellos and must do so within a round trip.
 READ_TIMEOUT_MS = 10
+# A window of frames handed on whole (see `read_window`): large enough that most of a
+# flow's packets in it fold into one run, small enough to bound memory and delay.
+WINDOW_FRAMES = 16_384
+WINDOW_BYTES = 4 << 20
+WINDOW_SECONDS = 0.25
 # linux/if_packet.h: reassemble IPv4 fragments before fanout (and before the filter).
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 
@@ -168,17 +175,51 @@ class LiveInterface:
             out.append((sec + usec * 1e-6, lt, data[off : off + caplen]))
         return out
 
-    def drain(self, max_batches: int) -> list[tuple[float, int, bytes]]:
+    def read_window(self) -> tuple[bytes, bytes] | list:
+        """Frames as one `next_batch`-shaped batch (frame bytes, packed records): a read,
+        and what else the ring holds, up to WINDOW_FRAMES frames, WINDOW_BYTES or
+        WINDOW_SECONDS; [] on a quiet link. For the head selection (flows.heads), which
+        folds more of each flow into one run the more of it a batch holds."""
+        data, meta = self._cap.next_batch(BATCH)
+        if not meta:
+            return []
+        datas, metas = [data], [meta]
+        frames, size = len(meta) // 16, len(data)
+        deadline = time.monotonic() + WINDOW_SECONDS
+        # Only what the ring already holds joins the window: a read that waits may not
+        # come back before the link is busy again, and the frames gathered so far would
+        # wait with it.
+        blocking = not self._cap.getnonblock()
+        if blocking:
+            self._cap.setnonblock(1)
+        try:
+            while frames < WINDOW_FRAMES and size < WINDOW_BYTES and time.monotonic() < deadline:
+                data, meta = self._cap.next_batch(BATCH)
+                if not meta:
+                    break
+                datas.append(data)
+                metas.append(meta)
+                frames += len(meta) // 16
+                size += len(data)
+        finally:
+            if blocking:
+                self._cap.setnonblock(0)
+        return joined_batches(datas, metas)
+
+    def drain(self, max_batches: int, window: bool = False) -> list:
         """What is still queued in the kernel ring, without waiting for more (at shutdown,
-        once the reader thread is gone)."""
-        out: list[tuple[float, int, bytes]] = []
+        once the reader thread is gone): frames, or windows with `window`."""
+        out: list = []
         try:
             self._cap.setnonblock(1)
             for _ in range(max_batches):
-                batch = self.read()
+                batch = self.read_window() if window else self.read()
                 if not batch:
                     break
-                out.extend(batch)
+                if window:
+                    out.append(batch)
+                else:
+                    out.extend(batch)
         except (pcapy.PcapError, ValueError):
             pass
         return out
@@ -199,6 +240,19 @@ class LiveInterface:
         self.stats()
         self._closed = True
         self._cap.close()
+
+
+def joined_batches(datas: list[bytes], metas: list[bytes]) -> tuple[bytes, bytes]:
+    """Several `next_batch` results as one (each record's offset moved past the frames
+    before it)."""
+    if len(datas) == 1:
+        return datas[0], metas[0]
+    records = [np.frombuffer(m, dtype=np.uint32).reshape(-1, 4).copy() for m in metas]
+    start = 0
+    for data, rec in zip(datas, records):
+        rec[:, 2] += start
+        start += len(data)
+    return b"".join(datas), np.concatenate(records).tobytes()
 
 
 # pcap_activate(3) negative statuses, phrased as libpcap's own messages (matched below).
