@@ -101,9 +101,8 @@ def analyze(
     started = time.monotonic()
     ok = failed = 0
     bar = _progress_bar(files) if progress else None
-    # The fast path needs every file readable by libpcap, and is for attributed events
-    # only: --all wants every flow, which only the full path has.
-    fast = engine == "fast" or (engine == "auto" and not include_all and bool(files) and all(map(fastpath.usable, files)))
+    # The fast path needs every file readable by libpcap (gzip and pcapng are not).
+    fast = engine == "fast" or (engine == "auto" and bool(files) and all(map(fastpath.usable, files)))
     # One file's flows can be split over the cores; several files share flows (a rotated
     # capture), so they go through one process in order.
     shares = SHARES if fast and len(files) == 1 and not logs and (os.cpu_count() or 1) >= SHARES else 0
@@ -115,7 +114,7 @@ def analyze(
                         raise fastpath.FastPathUnavailable(str(path))
                     if shares:
                         before = stats.packets
-                        events, counted, cut = fastpath.analyze_shared(path, cfg, classifier, shares)
+                        events, counted, cut = fastpath.analyze_shared(path, cfg, classifier, shares, include_all)
                         for ev in events:
                             emit(ev)
                         fastpath.add_stats(stats, counted)

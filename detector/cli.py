@@ -70,8 +70,9 @@ def cli() -> None:
 @click.option("--sensor", default=None, help="Sensor name recorded with the events.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on a terminal.")
 @click.option("--engine", type=click.Choice(["auto", "fast", "full"]), default="auto", show_default=True,
-              help="fast: libpcap and C select the packets that matter, in two passes (same events); "
-                   "full: every packet through Python; auto: fast where the files allow it and --all is off.")
+              help="fast: libpcap and numpy pass each flow's head one by one and count the rest (same "
+                   "events and counts; classic pcap only); full: every packet through Python; auto: fast "
+                   "where the files allow it.")
 @_with(_rules_options)
 @_config_option
 def analyze(files: tuple[Path, ...], fmt: str, include_all: bool, db: str | None, no_db: bool, raw_clients: bool,

@@ -52,14 +52,14 @@ class FastPathUnavailable(Exception):
 
 # What forked share processes inherit instead of receiving it pickled (a classifier holds
 # compiled patterns and caches): set just before the pool starts.
-_SHARED: tuple[Config, object] | None = None
+_SHARED: tuple[Config, object, bool] | None = None
 
 
 def _share(args: tuple[Path, int, int]) -> tuple[list[UsageEvent], Stats, str | None]:
     path, k, n = args
-    cfg, classifier = _SHARED  # type: ignore[misc]
+    cfg, classifier, include_all = _SHARED  # type: ignore[misc]
     events: list[UsageEvent] = []
-    main = Pipeline(cfg, classifier, events.append, Stats())
+    main = Pipeline(cfg, classifier, events.append, Stats(), include_unmatched=include_all)
     # Every share sees all DNS (for its cache) and reports the lookups of its own clients.
     main.lookup_share = (k, n)
     cut = analyze(path, main, cfg, part=(k, n))
@@ -68,17 +68,17 @@ def _share(args: tuple[Path, int, int]) -> tuple[list[UsageEvent], Stats, str | 
 
 
 def analyze_shared(
-    path: Path, cfg: Config, classifier: object, shares: int
+    path: Path, cfg: Config, classifier: object, shares: int, include_all: bool = False
 ) -> tuple[list[UsageEvent], Stats, str | None]:
     """One file on `shares` processes (a power of two), each taking the flows whose address
     hash falls in its share: the events of all shares, their counters added up, and
     libpcap's message if the file ends in a truncated record. Flows do not cross shares,
-    so the result equals one process's; raises FastPathUnavailable when the fast path
-    cannot read the file."""
+    so the result equals one process's (with `include_all`, an event for every flow);
+    raises FastPathUnavailable when the fast path cannot read the file."""
     import multiprocessing as mp
 
     global _SHARED
-    _SHARED = (cfg, classifier)
+    _SHARED = (cfg, classifier, include_all)
     try:
         with mp.get_context("fork").Pool(shares) as pool:
             results = pool.map(_share, [(path, k, shares) for k in range(shares)])

@@ -161,3 +161,16 @@ def test_a_capture_cut_mid_record_gives_what_the_full_path_gives_and_says_so(cfg
     assert warnings and message and "truncated" in message
     assert sorted(map(_key, fast)) == sorted(map(_key, full))
     assert _coverage(main.stats) == _coverage(pipe.stats)
+
+
+def test_with_all_every_flow_comes_out_of_the_fast_path_as_out_of_the_full_one(cfg) -> None:
+    """--all reports every flow, AI or not: the fast path sees every flow too."""
+    sample = ROOT / "samples" / "office-sample.pcap"
+    classifier = build_classifier(cfg)
+    full: list = []
+    pipe = Pipeline(cfg, classifier, full.append, Stats(), include_unmatched=True)
+    pipe.run(iter_frames(sample))
+    pipe.finish()
+    events, _, _ = analyze_shared(sample, cfg, classifier, 2, include_all=True)
+    assert sorted(map(_key, events)) == sorted(map(_key, full))
+    assert sum(1 for e in full if not e.service) > 50, "ordinary flows are in the output too"
