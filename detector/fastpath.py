@@ -1,12 +1,11 @@
 """The offline fast path: one pass over a capture, most packets never reaching Python one by one.
 
-libpcap's BPF splits the file into IPv4 TCP/UDP (other than DNS and tunnel ports) and the
-rest. Of the first part, `flows.heads` admits per flow direction only what can name a flow
-or change its state (its first packets, SYN/FIN/RST, the client's ClientHello or request
-head, a UDP flow's first datagrams) and folds the rest into counted runs; the second part
-(DNS, IPv6, tunnels, other link content) reaches Python whole. The ordinary pipeline takes
-both, merged in time order, so events, byte counts, timeouts and coverage figures come out
-as the full path gives them.
+libpcap reads the file in batches; of plain IPv4 TCP/UDP flows, `flows.heads` admits per
+flow direction only what can name a flow or change its state (its first packet, SYN/FIN/RST,
+the client's ClientHello or request head, a UDP flow's handshake) and folds the rest into
+counted runs; everything else (DNS, IPv6, tunnels, other link content) reaches the pipeline
+whole. The ordinary pipeline takes both in time order, so events, byte counts, timeouts and
+coverage figures come out as the full path gives them.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from detector.capture.libpcap import fast_path_linktype, feed_partitioned
+from detector.capture.libpcap import fast_path_linktype, feed_file
 from detector.capture.pcapfile import CaptureError
 from detector.config import Config
 from detector.decode.tunnels import UDP_TUNNELS
@@ -36,9 +35,9 @@ def analyze(path: Path, main: Pipeline, cfg: Config, part: tuple[int, int] | Non
     None. Raises FastPathUnavailable, before `main` saw anything, when the fast path
     cannot read the file."""
     try:
-        return feed_partitioned(
-            path, main.feed, main.feed_run, idle_timeout=cfg.flows.idle_timeout, inspect_bytes=cfg.flows.inspect_bytes,
-            python_udp_ports=PYTHON_UDP_PORTS, part=part,
+        return feed_file(
+            path, main.feed, main.feed_run, whole_udp_ports=PYTHON_UDP_PORTS, idle_timeout=cfg.flows.idle_timeout,
+            inspect_bytes=cfg.flows.inspect_bytes, part=part,
         )  # fmt: skip
     except CaptureError as exc:
         raise FastPathUnavailable(str(exc)) from None

@@ -1,10 +1,8 @@
-"""Reading a capture file through libpcap with the filtering done in C (pcapy-ng) and numpy.
+"""Reading a capture file through libpcap (pcapy-ng) for the offline fast path.
 
-The offline fast path reads a file as two disjoint parts, each selected by libpcap's BPF:
-IPv4 TCP/UDP other than DNS, whose frames `flows.heads.HeadSelector` splits into the few
-the pipeline must see one by one and counted runs standing for the rest, and everything
-else (DNS, IPv6, tunnels, other link content), which goes to Python whole. The two parts
-are merged back into one time-ordered stream.
+Frames come in batches of one bytes object each (`next_batch`), optionally one share of the
+flows selected by BPF, and go through `flows.heads.HeadSelector`, which passes each flow's
+head to the pipeline frame by frame and the rest as counted runs.
 """
 
 from __future__ import annotations
@@ -16,18 +14,13 @@ from pathlib import Path
 import pcapy
 
 from detector.capture.pcapfile import CaptureError
-from detector.flows.heads import HeadSelector, RunFeed
+from detector.flows.heads import L2_OFFSETS, HeadSelector, RunFeed
 from detector.model import DNS_UDP_PORTS
 
-# Where the IPv4 header starts, per DLT, before any VLAN tag (the head selector skips one).
-_L2_OFFSET = {1: 14, 113: 16, 276: 20, 12: 0, 14: 0, 101: 0, 0: 4, 108: 4}
-# Frames read per `next_batch` call of the Python part, and of the IPv4 part (whose
-# selection is done per batch in numpy: the larger, the cheaper per frame).
-BATCH = 1024
+# Frames per `next_batch` call: the selection is done per batch in numpy (the larger,
+# the cheaper per frame, up to about 12 MB of frames); smaller steps re-read a cut file.
 SELECT_BATCH = 1 << 14
-
-
-Frame = tuple[float, int, bytes]
+BATCH = 1024
 
 # 802.1Q and 802.1ad tag protocol identifiers, as a filter on an Ethernet frame.
 _TAGGED = "(ether[12:2] == 0x8100 or ether[12:2] == 0x88a8)"
@@ -39,7 +32,7 @@ _PCAP_MAGICS = frozenset({b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\x
 
 
 def fast_path_linktype(path: Path) -> int | None:
-    """The file's DLT when it is a classic pcap whose link header the C classifier knows,
+    """The file's DLT when it is a classic pcap whose link header the head selector knows,
     else None (gzip, pcapng, other link types, unreadable: the ordinary reader takes those).
     """
     try:
@@ -52,7 +45,7 @@ def fast_path_linktype(path: Path) -> int | None:
         return None
     dlt = cap.datalink()
     cap.close()
-    return dlt if dlt in _L2_OFFSET else None
+    return dlt if dlt in L2_OFFSETS else None
 
 
 _DNS_PORTS = tuple(sorted(DNS_UDP_PORTS))
@@ -76,49 +69,33 @@ _TAGGED_DNS = (
 _DNS = " or ".join(f"udp port {port}" for port in _DNS_PORTS)
 
 
-def _filters(dlt: int, python_udp_ports: Iterable[int], part: tuple[int, int] | None = None) -> tuple[str, str]:
-    """BPF for the C part and for the Python part. The C part is IPv4 TCP/UDP except DNS, the
-    UDP ports that carry tunnels (their content is flows) and fragments (no ports for the C
-    flow key); the Python part is the rest.
-
-    With `part` = (k, n), n a power of two, only the k-th of n shares: a flow's share is a
-    hash of its two addresses that is the same in both directions (last octets xor-ed);
-    DNS over UDP (untagged or behind one tag) goes to every share, traffic that is neither
-    IPv4 nor IPv6 (or has two VLAN tags) to share 0. libpcap's `vlan` keyword shifts the
-    offsets of everything after it, so it comes last, once; tagged addresses and ports are
-    read at fixed Ethernet offsets.
+def _share_filter(dlt: int, part: tuple[int, int] | None) -> str:
+    """BPF for the k-th of n shares of a file, `part` = (k, n), n a power of two ("" for the
+    whole file): a flow's share is a hash of its two addresses that is the same in both
+    directions (last octets xor-ed), read at fixed offsets behind one 802.1Q/802.1ad tag;
+    DNS over UDP (untagged or behind one tag) goes to every share, a fragmented answer to
+    its flow's share only (its pieces must meet), traffic that is neither IPv4 nor IPv6 (or
+    has two VLAN tags) to share 0.
     """
-    ethernet = dlt == 1
-    udp = " or ".join(f"udp port {p}" for p in sorted(set(python_udp_ports)))
-    not_c = f"{udp} or {_DNS} or tcp port 53" if udp else f"{_DNS} or tcp port 53"
-    ipv4 = f"ip and (tcp or udp) and (ip[6:2] & 0x3fff) == 0 and not ({not_c})"
-    c_all = f"({ipv4}) or (vlan and ({ipv4}))" if ethernet else ipv4
     if part is None:
-        return c_all, f"not ({c_all})"
+        return ""
     k, n = part
     m = n - 1
-    # The share of IPv4/IPv6 packets, untagged and behind one 802.1Q/802.1ad tag.
     ip_forms = [
         ("ip", f"((ip[15] ^ ip[19]) & {m})"),
         ("ip6", f"((ip6[23] ^ ip6[39]) & {m})"),
     ]
-    if ethernet:
+    every = f"({_DNS}) and not (ip and (ip[6:2] & 0x3fff) != 0)"
+    if dlt == 1:
         ip_forms += [
             (f"{_TAGGED} and ether[16:2] == 0x0800", f"((ether[33] ^ ether[37]) & {m})"),
             (f"{_TAGGED} and ether[16:2] == 0x86dd", f"((ether[41] ^ ether[57]) & {m})"),
         ]
+        every = f"({every}) or {_TAGGED_DNS}"
     mine = " or ".join(f"({is_ip} and {h} == {k})" for is_ip, h in ip_forms)
     if k == 0:
         mine += " or not (" + " or ".join(f"({is_ip})" for is_ip, _ in ip_forms) + ")"
-    c_core = f"{ipv4} and ((ip[15] ^ ip[19]) & {m}) == {k}"
-    c_part = f"({c_core}) or (vlan and ({c_core}))" if ethernet else c_core
-    # Every share gets whole DNS datagrams, untagged and behind one tag (read at fixed
-    # offsets: an IPv4 header without options); a fragmented answer goes to its flow's share
-    # only (its pieces must meet). `not (c_all)` last: it holds the one `vlan`.
-    every = f"({_DNS}) and not (ip and (ip[6:2] & 0x3fff) != 0)"
-    if ethernet:
-        every = f"({every}) or {_TAGGED_DNS}"
-    return c_part, f"(({every}) or {mine}) and not ({c_all})"
+    return f"({every}) or {mine}"
 
 
 def _batches(path: Path, expression: str, size: int, cut: list[str]) -> Iterator[tuple[bytes, bytes]]:
@@ -128,7 +105,8 @@ def _batches(path: Path, expression: str, size: int, cut: list[str]) -> Iterator
     seen = 0
     try:
         cap = pcapy.open_offline(str(path))
-        cap.setfilter(expression)
+        if expression:
+            cap.setfilter(expression)
     except pcapy.PcapError as exc:
         raise CaptureError(f"{path}: {exc}") from None
     try:
@@ -148,7 +126,8 @@ def _batches(path: Path, expression: str, size: int, cut: list[str]) -> Iterator
 def _before_cut(path: Path, expression: str, skip: int) -> Iterator[tuple[bytes, bytes]]:
     """The frames after the first `skip` up to a truncated record, as one batch."""
     cap = pcapy.open_offline(str(path))
-    cap.setfilter(expression)
+    if expression:
+        cap.setfilter(expression)
     datas: list[bytes] = []
     records = array("I")
     size = 0
@@ -172,64 +151,28 @@ def _before_cut(path: Path, expression: str, skip: int) -> Iterator[tuple[bytes,
         yield b"".join(datas), records.tobytes()
 
 
-def _python_part(path: Path, expression: str, dlt: int, cut: list[str]) -> Iterator[Frame]:
-    for data, meta in _batches(path, expression, BATCH, cut):
-        view = memoryview(meta).cast("I")
-        yield from [
-            (view[i] + view[i + 1] * 1e-6, dlt, data[view[i + 2] : view[i + 2] + view[i + 3]])
-            for i in range(0, len(view), 4)
-        ]
-
-
-def feed_partitioned(
+def feed_file(
     path: Path,
     feed: Callable[[float, int, bytes], None],
     feed_run: RunFeed,
     *,
+    whole_udp_ports: Iterable[int],
     idle_timeout: float,
     inspect_bytes: int,
-    python_udp_ports: Iterable[int] = (53,),
     part: tuple[int, int] | None = None,
 ) -> str | None:
-    """Feed a file's frames to `feed`, and runs of frames to `feed_run`, in time order:
-    of IPv4 TCP/UDP (not DNS, not on `python_udp_ports`) the frames a HeadSelector admits
-    and runs for the rest (first time, last time, protocol, source, destination, ports,
-    packets, IP bytes, frame bytes); all other frames whole. With `part`, one share of the
-    flows (see _filters). Returns libpcap's message when the file ends in a truncated
-    record (everything before it was fed), else None; raises CaptureError when libpcap
-    cannot read the file."""
+    """Feed a file's frames, in time order, through a HeadSelector: to `feed` the frames it
+    admits (all but the bulk of plain IPv4 TCP/UDP flows; UDP on `whole_udp_ports` always),
+    to `feed_run` runs for the rest (first time, last time, protocol, source, destination,
+    ports, packets, IP bytes, frame bytes). With `part`, one share of the flows (see
+    _share_filter). Returns libpcap's message when the file ends in a truncated record
+    (everything before it was fed), else None; raises CaptureError when libpcap cannot
+    read the file."""
     dlt = fast_path_linktype(path)
     if dlt is None:
         raise CaptureError(f"{path}: not readable by the fast path")
-    c_filter, py_filter = _filters(dlt, python_udp_ports, part)
     cut: list[str] = []
-    rest = _Merge(_python_part(path, py_filter, dlt, cut), feed)
-    selector = HeadSelector(
-        _L2_OFFSET[dlt], ethernet=dlt == 1, whole_ports=python_udp_ports, idle_timeout=idle_timeout,
-        inspect_bytes=inspect_bytes,
-    )  # fmt: skip
-    for data, meta in _batches(path, c_filter, SELECT_BATCH, cut):
-        selector.feed(data, meta, dlt, feed, feed_run, rest)
-    rest(float("inf"))
+    selector = HeadSelector(dlt, whole_ports=whole_udp_ports, idle_timeout=idle_timeout, inspect_bytes=inspect_bytes)
+    for data, meta in _batches(path, _share_filter(dlt, part), SELECT_BATCH, cut):
+        selector.feed(data, meta, dlt, feed, feed_run)
     return cut[0] if cut else None
-
-
-class _Merge:
-    """Called with a time: feeds the other part's frames up to that time."""
-
-    __slots__ = ("_frames", "_feed", "_pending")
-
-    def __init__(self, frames: Iterator[Frame], feed: Callable[[float, int, bytes], None]) -> None:
-        self._frames = frames
-        self._feed = feed
-        self._pending = next(frames, None)
-
-    def __call__(self, ts: float) -> None:
-        pending = self._pending
-        if pending is None or pending[0] > ts:
-            return
-        feed, frames = self._feed, self._frames
-        while pending is not None and pending[0] <= ts:
-            feed(*pending)
-            pending = next(frames, None)
-        self._pending = pending

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from detector.decode.http import MAX_HEAD_LEN
+from detector.decode.link import VLAN_TPIDS
 from detector.model import TCP
 
 # Packets per TCP flow direction admitted whatever they hold: the first, which opens the
@@ -46,10 +47,19 @@ _TLS_HANDSHAKE = 0x16
 _CLIENT_HELLO = 0x01
 _UDP = 17
 _DNS_PORT = 53
+# Where the IPv4 header starts, per link type (DLT), before any VLAN tag (one is skipped).
+L2_OFFSETS = {1: 14, 113: 16, 276: 20, 12: 0, 14: 0, 101: 0, 0: 4, 108: 4}
+# How other link types say "IPv4": at which offset, which bytes (raw IP: only the version).
+_IPV4_MARKS = {
+    113: (14, (b"\x08\x00",)),  # Linux cooked capture: protocol
+    276: (0, (b"\x08\x00",)),  # Linux cooked capture v2: protocol
+    0: (0, (b"\x02\x00\x00\x00", b"\x00\x00\x00\x02")),  # BSD loopback: AF_INET in host order
+    108: (0, (b"\x00\x00\x00\x02",)),  # OpenBSD loopback: AF_INET in network order
+}
 # From a frame's start: the EtherType, or a VLAN tag and the EtherType after it.
 _LINK = np.arange(12, 18)
-# libpcap's `vlan` keyword: 802.1Q, 802.1ad and the old QinQ 0x9100.
-_VLAN_TYPES = (0x8100, 0x88A8, 0x9100)
+# The tags the decoder peels (decode.link), so a tagged flow folds as the decoder sees it.
+_VLAN_TYPES = tuple(VLAN_TPIDS)
 # Byte offsets from the IPv4 header: its 20 bytes and a TCP header's first 20 (a UDP
 # header's 8); from the first payload byte: a TLS record and handshake header; from the
 # payload's end: its last four bytes.
@@ -87,13 +97,11 @@ class Runs:
 class HeadSelector:
     """Per flow direction state across batches; `select` splits one batch."""
 
-    __slots__ = ("l2", "ethernet", "whole_ports", "idle_timeout", "inspect_bytes", "_state", "_sweep_at")
+    __slots__ = ("linktype", "l2", "whole_ports", "idle_timeout", "inspect_bytes", "_state", "_sweep_at")
 
-    def __init__(
-        self, l2_offset: int, *, ethernet: bool, whole_ports: Iterable[int], idle_timeout: float, inspect_bytes: int
-    ) -> None:
-        self.l2 = l2_offset
-        self.ethernet = ethernet
+    def __init__(self, linktype: int, *, whole_ports: Iterable[int], idle_timeout: float, inspect_bytes: int) -> None:
+        self.linktype = linktype
+        self.l2 = L2_OFFSETS[linktype]
         # UDP ports whose datagrams the pipeline needs whole (DNS, tunnels); TCP port 53
         # too (DNS over TCP is read in both directions).
         self.whole_ports = np.array(sorted(set(whole_ports)), dtype=np.int64)
@@ -141,7 +149,8 @@ class HeadSelector:
     def select(self, data: bytes, meta: bytes) -> tuple[list[int], Runs]:
         """Split a batch of frames: the indices of the frames to feed one by one, in order,
         and the runs that stand for all other frames. Only plain IPv4 TCP/UDP (behind at
-        most one VLAN tag on Ethernet) is folded into runs; everything else is fed."""
+        most one VLAN tag on Ethernet), not on a DNS or tunnel port, is folded into runs;
+        everything else is fed."""
         m = np.frombuffer(meta, dtype=np.uint32).reshape(-1, 4)
         n = len(m)
         b = np.frombuffer(data, dtype=np.uint8)
@@ -150,12 +159,17 @@ class HeadSelector:
         off = m[:, 2].astype(np.int64)
         caplen = m[:, 3].astype(np.int64)
         l3 = off + self.l2
-        ipv4 = np.ones(n, dtype=bool)
-        if self.ethernet:
+        if self.linktype == 1:
             link = b[np.minimum(off[:, None] + _LINK, last_byte)].astype(np.int64)
             tagged = np.isin((link[:, 0] << 8) | link[:, 1], _VLAN_TYPES)
             l3 += tagged * 4
             ipv4 = np.where(tagged, (link[:, 4] << 8) | link[:, 5], (link[:, 0] << 8) | link[:, 1]) == 0x0800
+        else:
+            at, marks = _IPV4_MARKS.get(self.linktype, (0, ()))
+            ipv4 = np.ones(n, dtype=bool) if not marks else np.zeros(n, dtype=bool)
+            for mark in marks:
+                field = b[np.minimum(off[:, None] + at + np.arange(len(mark)), last_byte)]
+                ipv4 |= (field == np.frombuffer(mark, dtype=np.uint8)).all(axis=1)
         # The IPv4 and TCP/UDP headers without options, and the first payload bytes, as
         # rows (a frame cut short reads bytes of the next one: it is not "plain" below).
         w = b[np.minimum(l3[:, None] + _HEADERS, last_byte)]
