@@ -13,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from detector.capture.libpcap import fast_path_linktype, feed_file
+from detector.capture.libpcap import batches, fast_path_linktype
 from detector.capture.pcapfile import CaptureError
 from detector.config import Config
 from detector.decode.tunnels import UDP_TUNNELS
+from detector.flows.heads import HeadSelector
 from detector.model import DNS_UDP_PORTS, Stats, UsageEvent
 from detector.pipeline import Pipeline
 
@@ -34,13 +35,19 @@ def analyze(path: Path, main: Pipeline, cfg: Config, part: tuple[int, int] | Non
     when the file ends in a truncated record (what came before it was analysed), else
     None. Raises FastPathUnavailable, before `main` saw anything, when the fast path
     cannot read the file."""
+    dlt = fast_path_linktype(path)
+    if dlt is None:
+        raise FastPathUnavailable(f"{path}: not readable by the fast path")
+    selector = HeadSelector(
+        dlt, whole_ports=PYTHON_UDP_PORTS, idle_timeout=cfg.flows.idle_timeout, inspect_bytes=cfg.flows.inspect_bytes
+    )
+    cut: list[str] = []
     try:
-        return feed_file(
-            path, main.feed, main.feed_run, whole_udp_ports=PYTHON_UDP_PORTS, idle_timeout=cfg.flows.idle_timeout,
-            inspect_bytes=cfg.flows.inspect_bytes, part=part,
-        )  # fmt: skip
+        for data, meta in batches(path, dlt, part, cut):
+            selector.feed(data, meta, dlt, main.feed, main.feed_run)
     except CaptureError as exc:
         raise FastPathUnavailable(str(exc)) from None
+    return cut[0] if cut else None
 
 
 class FastPathUnavailable(Exception):

@@ -40,6 +40,18 @@ class NeedMore:
 TCP = 6
 UDP = 17
 
+# Tag protocol identifiers: 802.1Q C-TAG, 802.1ad S-TAG, legacy QinQ (0x9100, 0x9200).
+VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))
+
+# Browsers send 1-4 kB HTTP request heads, up to ~8 kB with many cookies; nginx and Apache
+# refuse lines over 8 kB by default. 16 KiB passes every head a server would take and bounds
+# what one flow may make us buffer before we give up.
+MAX_HTTP_HEAD_LEN = 16 * 1024
+
+# Where the IPv4 header starts, per link type (DLT), before any VLAN tag: the link types
+# whose frames the fast paths fold (flows.heads).
+IPV4_OFFSETS = {1: 14, 113: 16, 276: 20, 12: 0, 14: 0, 101: 0, 0: 4, 108: 4}
+
 # UDP ports carrying plain DNS: the standard one and 8053, where local forwarders
 # (dnscrypt-proxy, Pi-hole set-ups) listen. mDNS/LLMNR carry only local names.
 DNS_UDP_PORTS = frozenset({53, 8053})

@@ -1,21 +1,18 @@
-"""Reading a capture file through libpcap (pcapy-ng) for the offline fast path.
-
-Frames come in batches of one bytes object each (`next_batch`), optionally one share of the
-flows selected by BPF, and go through `flows.heads.HeadSelector`, which passes each flow's
-head to the pipeline frame by frame and the rest as counted runs.
+"""Reading a capture file through libpcap (pcapy-ng) for the offline fast path: frames in
+batches of one bytes object each (`next_batch`), optionally one share of the flows selected
+by BPF, for `flows.heads` to split into heads and counted runs.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pcapy
 
 from detector.capture.pcapfile import CaptureError
-from detector.flows.heads import L2_OFFSETS, HeadSelector, RunFeed
-from detector.model import DNS_UDP_PORTS
+from detector.model import DNS_UDP_PORTS, IPV4_OFFSETS
 
 # Frames per `next_batch` call: the selection is done per batch in numpy (the larger,
 # the cheaper per frame, up to about 12 MB of frames); smaller steps re-read a cut file.
@@ -45,7 +42,7 @@ def fast_path_linktype(path: Path) -> int | None:
         return None
     dlt = cap.datalink()
     cap.close()
-    return dlt if dlt in L2_OFFSETS else None
+    return dlt if dlt in IPV4_OFFSETS else None
 
 
 _DNS_PORTS = tuple(sorted(DNS_UDP_PORTS))
@@ -96,6 +93,14 @@ def _share_filter(dlt: int, part: tuple[int, int] | None) -> str:
     if k == 0:
         mine += " or not (" + " or ".join(f"({is_ip})" for is_ip, _ in ip_forms) + ")"
     return f"({every}) or {mine}"
+
+
+def batches(path: Path, dlt: int, part: tuple[int, int] | None, cut: list[str]) -> Iterator[tuple[bytes, bytes]]:
+    """A classic pcap file's frames (one share of its flows with `part`, see _share_filter)
+    as `next_batch` batches: (frame bytes, packed records of seconds, microseconds, offset
+    and length). When the file ends in a truncated record, libpcap's message is added to
+    `cut` (every frame before it is read). Raises CaptureError when libpcap cannot open it."""
+    return _batches(path, _share_filter(dlt, part), SELECT_BATCH, cut)
 
 
 def _batches(path: Path, expression: str, size: int, cut: list[str]) -> Iterator[tuple[bytes, bytes]]:
@@ -149,30 +154,3 @@ def _before_cut(path: Path, expression: str, skip: int) -> Iterator[tuple[bytes,
         cap.close()
     if datas:
         yield b"".join(datas), records.tobytes()
-
-
-def feed_file(
-    path: Path,
-    feed: Callable[[float, int, bytes], None],
-    feed_run: RunFeed,
-    *,
-    whole_udp_ports: Iterable[int],
-    idle_timeout: float,
-    inspect_bytes: int,
-    part: tuple[int, int] | None = None,
-) -> str | None:
-    """Feed a file's frames, in time order, through a HeadSelector: to `feed` the frames it
-    admits (all but the bulk of plain IPv4 TCP/UDP flows; UDP on `whole_udp_ports` always),
-    to `feed_run` runs for the rest (first time, last time, protocol, source, destination,
-    ports, packets, IP bytes, frame bytes). With `part`, one share of the flows (see
-    _share_filter). Returns libpcap's message when the file ends in a truncated record
-    (everything before it was fed), else None; raises CaptureError when libpcap cannot
-    read the file."""
-    dlt = fast_path_linktype(path)
-    if dlt is None:
-        raise CaptureError(f"{path}: not readable by the fast path")
-    cut: list[str] = []
-    selector = HeadSelector(dlt, whole_ports=whole_udp_ports, idle_timeout=idle_timeout, inspect_bytes=inspect_bytes)
-    for data, meta in _batches(path, _share_filter(dlt, part), SELECT_BATCH, cut):
-        selector.feed(data, meta, dlt, feed, feed_run)
-    return cut[0] if cut else None

@@ -13,7 +13,7 @@ References:
 from __future__ import annotations
 
 from detector.decode._reader import DecodeError
-from detector.model import Anomaly, HttpRequest, NeedMore
+from detector.model import MAX_HTTP_HEAD_LEN, Anomaly, HttpRequest, NeedMore
 
 _METHODS = frozenset(
     (
@@ -24,16 +24,12 @@ _METHODS = frozenset(
 MAX_METHOD_LEN = max(map(len, _METHODS))
 # First bytes of a known method: the one test most TCP flows (TLS, SSH, ...) fail.
 _METHOD_FIRST = frozenset(m[0] for m in _METHODS)
-# Browsers send 1-4 kB heads, up to ~8 kB with many cookies; nginx and Apache refuse
-# lines over 8 kB by default. 16 KiB passes every head a server would take and bounds
-# what one flow may make us buffer before we give up.
-MAX_HEAD_LEN = 16 * 1024
 # User-Agent strings are ~100-300 characters; longer ones are padding or abuse, and
 # the value is stored per flow.
 MAX_USER_AGENT_LEN = 512
 
 ANOMALIES: dict[str, str] = {
-    "http.head_too_long": f"no end of the request head within {MAX_HEAD_LEN} bytes",
+    "http.head_too_long": f"no end of the request head within {MAX_HTTP_HEAD_LEN} bytes",
     "http.bad_request_line": "the request line has no target or no version after it",
     "http.bad_version": "the request line's version is not HTTP/1.0 or HTTP/1.1",
     "http.duplicate_host": "more than one Host header (RFC 9112 §3.2: a 400)",
@@ -78,18 +74,18 @@ def parse_http_request(stream: bytes) -> HttpRequest | NeedMore | Anomaly | None
 
 
 def _parse_head(stream: bytes) -> HttpRequest | NeedMore:
-    line_end = stream.find(b"\n", 0, MAX_HEAD_LEN)
+    line_end = stream.find(b"\n", 0, MAX_HTTP_HEAD_LEN)
     if line_end < 0:
-        if len(stream) > MAX_HEAD_LEN:
+        if len(stream) > MAX_HTTP_HEAD_LEN:
             raise DecodeError(HEAD_TOO_LONG)
         return _NEED_MORE
     method, target = _request_line(stream[:line_end])  # judged as soon as it is whole
     end = _head_end(stream)
     if end < 0:
-        if len(stream) > MAX_HEAD_LEN:
+        if len(stream) > MAX_HTTP_HEAD_LEN:
             raise DecodeError(HEAD_TOO_LONG)
         return _NEED_MORE
-    if end > MAX_HEAD_LEN:
+    if end > MAX_HTTP_HEAD_LEN:
         raise DecodeError(HEAD_TOO_LONG)
     host_value, user_agent = _fields(stream[line_end + 1 : end])
     connect_port = 0

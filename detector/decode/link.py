@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from struct import Struct
 
-from detector.model import Anomaly
+from detector.model import VLAN_TPIDS, Anomaly
 
 # ---------------------------------------------------------------------------
 # Layer kinds: what a continuation says comes next. Link kinds are 0..31,
@@ -127,8 +127,6 @@ ETHERTYPE_KINDS: dict[int, int] = {
     0x894F: K_NSH,
 }
 
-# Tag protocol identifiers: 802.1Q C-TAG, 802.1ad S-TAG, legacy QinQ (0x9100, 0x9200).
-VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))
 
 # PPP protocol field (RFC 1661 / IANA PPP DLL protocol numbers) -> next layer.
 PPP_KINDS: dict[int, int] = {

@@ -22,9 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.decode.http import MAX_HEAD_LEN
-from detector.decode.link import VLAN_TPIDS
-from detector.model import TCP
+from detector.model import IPV4_OFFSETS, MAX_HTTP_HEAD_LEN, TCP, VLAN_TPIDS
 
 # Packets per TCP flow direction admitted whatever they hold: the first, which opens the
 # flow (SYN, SYN/ACK, FIN and RST always pass too).
@@ -47,8 +45,6 @@ _TLS_HANDSHAKE = 0x16
 _CLIENT_HELLO = 0x01
 _UDP = 17
 _DNS_PORT = 53
-# Where the IPv4 header starts, per link type (DLT), before any VLAN tag (one is skipped).
-L2_OFFSETS = {1: 14, 113: 16, 276: 20, 12: 0, 14: 0, 101: 0, 0: 4, 108: 4}
 # How other link types say "IPv4": at which offset, which bytes (raw IP: only the version).
 _IPV4_MARKS = {
     113: (14, (b"\x08\x00",)),  # Linux cooked capture: protocol
@@ -58,7 +54,7 @@ _IPV4_MARKS = {
 }
 # From a frame's start: the EtherType, or a VLAN tag and the EtherType after it.
 _LINK = np.arange(12, 18)
-# The tags the decoder peels (decode.link), so a tagged flow folds as the decoder sees it.
+# The tags the decoder peels, so a tagged flow folds as the decoder sees it.
 _VLAN_TYPES = tuple(VLAN_TPIDS)
 # Byte offsets from the IPv4 header: its 20 bytes and a TCP header's first 20 (a UDP
 # header's 8); from the first payload byte: a TLS record and handshake header; from the
@@ -101,7 +97,7 @@ class HeadSelector:
 
     def __init__(self, linktype: int, *, whole_ports: Iterable[int], idle_timeout: float, inspect_bytes: int) -> None:
         self.linktype = linktype
-        self.l2 = L2_OFFSETS[linktype]
+        self.l2 = IPV4_OFFSETS[linktype]
         # UDP ports whose datagrams the pipeline needs whole (DNS, tunnels); TCP port 53
         # too (DNS over TCP is read in both directions).
         self.whole_ports = np.array(sorted(set(whole_ports)), dtype=np.int64)
@@ -277,7 +273,7 @@ class HeadSelector:
         tls = np.where(rec_len >= hs_len + 4, 5 + rec_len, self.inspect_bytes)
         request = (peek[:, 0] >= 0x41) & (peek[:, 0] <= 0x5A) & ~(peek[:, :5] == _HTTP_RESPONSE).all(axis=1)
         ends_head = (pay >= 4) & (tail == _HEAD_END).all(axis=1)
-        http = np.where(ends_head, pay, MAX_HEAD_LEN + 1)
+        http = np.where(ends_head, pay, MAX_HTTP_HEAD_LEN + 1)
         return np.maximum(np.where(hello, tls, np.where(request, http, 1)), 1)
 
     def _keep(self, uniq, heads, n, rank, base, seg, t) -> None:  # type: ignore[no-untyped-def]

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.decode import http
-from detector.decode.http import ANOMALIES, MAX_HEAD_LEN, MAX_USER_AGENT_LEN, parse_http_request
-from detector.model import Anomaly, HttpRequest, NeedMore
+from detector.decode.http import ANOMALIES, MAX_USER_AGENT_LEN, parse_http_request
+from detector.model import MAX_HTTP_HEAD_LEN, Anomaly, HttpRequest, NeedMore
 
 GET = (
     b"GET /v1/models HTTP/1.1\r\n"
@@ -132,7 +132,7 @@ def test_non_http_is_rejected(stream: bytes) -> None:
 # --- anomalies ----------------------------------------------------------------------------------
 
 ANOMALY_STREAMS = {
-    "http.head_too_long": b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_HEAD_LEN,
+    "http.head_too_long": b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_HTTP_HEAD_LEN,
     "http.bad_request_line": b"GET /\r\n\r\n",
     "http.bad_version": b"GET / HTTP/2.0\r\n\r\n",
     "http.duplicate_host": b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
