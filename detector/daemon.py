@@ -226,8 +226,9 @@ class Daemon:
         self.pipeline = Pipeline(cfg, self.classifier, self._emit, self.stats)
         # Each IPv4 flow of a live link reaches the pipeline as its head and counted runs.
         self._heads = HeadSelector(
-            1, whole_ports=PYTHON_UDP_PORTS, idle_timeout=cfg.flows.idle_timeout, inspect_bytes=cfg.flows.inspect_bytes
-        )
+            1, whole_ports=PYTHON_UDP_PORTS, idle_timeout=cfg.flows.idle_timeout, inspect_bytes=cfg.flows.inspect_bytes,
+            max_states=2 * cfg.flows.max_flows,
+        )  # fmt: skip
         # How a batch is fed, by its reader's kind.
         self._feeds = (self._feed_frames, self._feed_dns_frames, self._feed_window)
         # Every worker sees all DNS; one of them reports the lookups.

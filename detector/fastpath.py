@@ -39,8 +39,9 @@ def analyze(path: Path, main: Pipeline, cfg: Config, part: tuple[int, int] | Non
     if dlt is None:
         raise FastPathUnavailable(f"{path}: not readable by the fast path")
     selector = HeadSelector(
-        dlt, whole_ports=PYTHON_UDP_PORTS, idle_timeout=cfg.flows.idle_timeout, inspect_bytes=cfg.flows.inspect_bytes
-    )
+        dlt, whole_ports=PYTHON_UDP_PORTS, idle_timeout=cfg.flows.idle_timeout, inspect_bytes=cfg.flows.inspect_bytes,
+        max_states=2 * cfg.flows.max_flows,
+    )  # fmt: skip
     cut: list[str] = []
     try:
         for data, meta in batches(path, dlt, part, cut):

@@ -35,9 +35,6 @@ UDP_HANDSHAKE = 16
 # A run never spans more than this many seconds: a long flow's report every
 # `active_timeout` then splits its bytes within this much of where the full path does.
 RUN_SECONDS = 60.0
-# Frames whose flow state is kept, at most; beyond it the least recently seen half is
-# forgotten (those flows only start over with their head).
-MAX_STATES = 1 << 20
 
 _FIN_SYN_RST = 0x07
 _SYN = 0x02
@@ -93,10 +90,16 @@ class Runs:
 class HeadSelector:
     """Per flow direction state across batches; `select` splits one batch."""
 
-    __slots__ = ("linktype", "l2", "whole_ports", "idle_timeout", "inspect_bytes", "_state", "_sweep_at")
+    __slots__ = ("linktype", "l2", "whole_ports", "idle_timeout", "inspect_bytes", "max_states", "_state", "_sweep_at")
 
-    def __init__(self, linktype: int, *, whole_ports: Iterable[int], idle_timeout: float, inspect_bytes: int) -> None:
+    def __init__(
+        self, linktype: int, *, whole_ports: Iterable[int], idle_timeout: float, inspect_bytes: int, max_states: int
+    ) -> None:
         self.linktype = linktype
+        # Flow directions whose state is kept, at most (two per flow of the flow table):
+        # beyond it the least recently seen half is forgotten; those only start over with
+        # their head, so a flood of new flows costs admissions, not memory.
+        self.max_states = max_states
         self.l2 = IPV4_OFFSETS[linktype]
         # UDP ports whose datagrams the pipeline needs whole (DNS, tunnels); TCP port 53
         # too (DNS over TCP is read in both directions).
@@ -286,22 +289,16 @@ class HeadSelector:
         for h, r, s0, lim, at in zip(uniq, (rank[ends] + 1).tolist(), last[:, 1].tolist(), last[:, 2].tolist(), t[ends].tolist()):
             state[h] = (r, s0, lim, at)
         now = float(t[ends].max())
-        if now >= self._sweep_at or len(state) > MAX_STATES:
-            self._sweep(now)
-
-    def _sweep(self, now: float) -> None:
-        """Forget directions idle past the timeout (the flow table has ended them), and the
-        least recently seen half when the state is still too large."""
-        self._sweep_at = now + self.idle_timeout
-        cutoff = now - self.idle_timeout
-        state = {h: s for h, s in self._state.items() if s[3] > cutoff}
-        if len(state) > MAX_STATES:
-            keep = sorted(state.items(), key=lambda kv: kv[1][3])[len(state) // 2 :]
-            state = dict(keep)
-        self._state = state
+        if len(state) > self.max_states:
+            self._state = dict(sorted(state.items(), key=lambda kv: kv[1][3])[len(state) // 2 :])
+        elif now >= self._sweep_at:
+            # Directions idle past the timeout: the flow table has ended their flows.
+            self._sweep_at = now + self.idle_timeout
+            cutoff = now - self.idle_timeout
+            self._state = {h: s for h, s in state.items() if s[3] > cutoff}
 
     def _runs(self, order, admit_sorted, seg, t, ts, total, caplen, proto, ports, data, l3) -> Runs:  # type: ignore[no-untyped-def]
-        """Group the frames not admitted into runs: one segment's frames within a second."""
+        """Group the frames not admitted into runs: one segment's frames within RUN_SECONDS."""
         drop = np.flatnonzero(~admit_sorted)
         if not len(drop):
             return Runs([], [], [], [], [], [], [], [], [], [], [])

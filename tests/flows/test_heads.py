@@ -41,7 +41,7 @@ def _batch(frames: list[tuple[float, bytes]]) -> tuple[bytes, bytes]:
 def _select(frames: list[tuple[float, bytes]], batch: int) -> tuple[list[int], list[tuple]]:
     """Fed frame indices and runs (first frame, packets, IP bytes, frame bytes) over the
     whole sequence, in batches of `batch` frames."""
-    sel = HeadSelector(1, whole_ports=(53,), idle_timeout=120.0, inspect_bytes=32768)
+    sel = HeadSelector(1, whole_ports=(53,), idle_timeout=120.0, inspect_bytes=32768, max_states=1 << 20)
     fed: list[int] = []
     runs: list[tuple] = []
     for start in range(0, len(frames), batch):
@@ -180,7 +180,17 @@ def test_what_is_not_plain_ipv4_tcp_or_udp_is_always_fed_whole() -> None:
     ]
     frames = [(100.0 + i * 0.001, kinds[i % len(kinds)]) for i in range(10 * len(kinds))]
     frames += [(200.0 + i * 0.001, _frame(CLIENT, SERVER, 40000, 443, seq=i * 100, payload=b"\x17" + bytes(99))) for i in range(20)]
-    sel = HeadSelector(1, whole_ports=(53, 4789), idle_timeout=120.0, inspect_bytes=32768)
+    sel = HeadSelector(1, whole_ports=(53, 4789), idle_timeout=120.0, inspect_bytes=32768, max_states=1 << 20)
     fed, runs = sel.select(*_batch(frames))
     assert fed == list(range(10 * len(kinds))) + [10 * len(kinds)]
     assert sum(runs.packets) == 19
+
+
+def test_a_flood_of_new_flows_costs_admissions_not_memory() -> None:
+    """A scan: thousands of one-packet flows. The state stays within its bound (a flow whose
+    state is forgotten only starts over with its head)."""
+    sel = HeadSelector(1, whole_ports=(53,), idle_timeout=120.0, inspect_bytes=32768, max_states=1000)
+    for burst in range(5):
+        frames = [(100.0 + burst + i * 1e-5, _frame(CLIENT, SERVER, 1024 + i, 443, flags=SYN)) for i in range(800)]
+        sel.select(*_batch(frames))
+        assert len(sel) <= 1000
