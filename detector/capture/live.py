@@ -103,14 +103,6 @@ def prefilter(bulk_flows: Iterable[BulkFlow] = (), *, ethernet: bool = True, sha
     return f"not (({drop}) or (vlan and ({drop})))" if ethernet else f"not ({drop})"
 
 
-def filter_fits(expression: str, linktype: int) -> bool:
-    """Whether the expression compiles to a program the kernel accepts (4096 instructions)."""
-    try:
-        return len(pcapy.compile(linktype, 65535, expression, 1, 0).get_bpf()) <= MAX_BPF_INSNS
-    except pcapy.PcapError:
-        return False
-
-
 class LiveInterface:
     """One promiscuous capture handle; `read()` returns a batch of frames."""
 
