@@ -38,10 +38,10 @@ from detector.sinks.metrics import RulesState
 
 log = logging.getLogger("shadowai")
 
-# Batches waiting for the pipeline (a live window holds up to 4 MB). When Python falls
+# Batches waiting for the pipeline (a live window holds up to 16 MB). When Python falls
 # behind, readers block here and the kernel ring buffer absorbs the burst (its drops are
 # counted), instead of memory growing.
-QUEUE_BATCHES = 32
+QUEUE_BATCHES = 8
 # How often the main loop does its housekeeping (flow expiry on wall time, watchdog,
 # filter update, retention) when packets keep it busy.
 HOUSEKEEPING_SECONDS = 1.0
@@ -52,8 +52,10 @@ QUIET_MARGIN_SECONDS = 2.0
 MAX_DRAIN_BATCHES = 1000
 # How often the sensor's own health (drops, blind share) is judged for the SOC.
 HEALTH_SECONDS = 10.0
-# Least time between two filter updates that only add servers (each one recompiles).
-FILTER_UPDATE_SECONDS = 5.0
+# Filter updates (each compiles a program: a quarter of a second for a full bulk list) may
+# take at most this share of a worker's time; they come at least a second apart.
+FILTER_UPDATE_SHARE = 0.02
+FILTER_UPDATE_SECONDS = 1.0
 
 
 # What a reader's batches are, and so how the main loop feeds them: frames, frames of a
@@ -200,7 +202,7 @@ class Daemon:
         self._queue: queue.Queue = queue.Queue(QUEUE_BATCHES)
         self.rules = RulesState()
         self.bulk = BulkFlows()
-        self._filters_at = 0.0
+        self._filters_next = 0.0  # monotonic time before which the filter is not recompiled
         self._health_at = 0.0
         self._live: list[LiveInterface] = []
         self._readers: list[_Reader] = []
@@ -399,7 +401,7 @@ class Daemon:
                     batch = None
                 if batch:
                     feeds[kind](batch)
-                    if self.bulk.changed and time.monotonic() - self._filters_at > FILTER_UPDATE_SECONDS:
+                    if self.bulk.changed and time.monotonic() >= self._filters_next:
                         self._update_filters()
                 now = time.monotonic()
                 if now >= next_house:
@@ -446,7 +448,7 @@ class Daemon:
         update compiles a program of up to MAX_FILTER_FLOWS flows, a quarter of a second's
         work, which always fits the kernel: see tests/capture/test_live_filters.py)."""
         self.bulk.changed = False
-        self._filters_at = time.monotonic()
+        started = time.monotonic()
         for iface in self._live:
             expression = prefilter(self.bulk.texts(), ethernet=iface.linktype == 1, share=iface.share)
             if expression == iface.bpf:
@@ -455,6 +457,8 @@ class Daemon:
                 iface.set_filter(expression)
             except CaptureSetupError as exc:
                 log.error("%s", exc)
+        took = time.monotonic() - started
+        self._filters_next = started + max(FILTER_UPDATE_SECONDS, took / FILTER_UPDATE_SHARE)
 
     def _replay_finished(self) -> None:
         log.info("replay finished: %d packets, %d events", self.stats.packets, self.stats.events)

@@ -27,8 +27,8 @@ BATCH = 512
 READ_TIMEOUT_MS = 10
 # A window of frames handed on whole (see `read_window`): large enough that most of a
 # flow's packets in it fold into one run, small enough to bound memory and delay.
-WINDOW_FRAMES = 16_384
-WINDOW_BYTES = 4 << 20
+WINDOW_FRAMES = 32_768
+WINDOW_BYTES = 16 << 20
 WINDOW_SECONDS = 0.25
 # linux/if_packet.h: reassemble IPv4 fragments before fanout (and before the filter).
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000
