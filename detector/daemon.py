@@ -8,6 +8,7 @@ stalls capture. Signals only set flags; the main loop acts on them between batch
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
@@ -50,6 +51,9 @@ HOUSEKEEPING_SECONDS = 1.0
 QUIET_MARGIN_SECONDS = 2.0
 # Batches read from each kernel ring at shutdown, at most: what a busy link queued.
 MAX_DRAIN_BATCHES = 1000
+# Container allocations between two young-generation collections (CPython's default is
+# 700: a collection every few packets for a loop that allocates several objects each).
+GC_THRESHOLD = 50_000
 # How often the sensor's own health (drops, blind share) is judged for the SOC.
 HEALTH_SECONDS = 10.0
 # Filter updates (each compiles a program: a quarter of a second for a full bulk list) may
@@ -375,6 +379,10 @@ class Daemon:
     def run(self) -> int:
         """Capture until stopped; return the exit status."""
         self._setup()
+        # What set-up built (catalogue, classifier, sinks) lives as long as the daemon: no
+        # collection needs to scan it again.
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, 20, 20)
         self._install_signals()
         for r in self._readers:
             r.start()
