@@ -56,9 +56,9 @@ MAX_DRAIN_BATCHES = 1000
 GC_THRESHOLD = 50_000
 # How often the sensor's own health (drops, blind share) is judged for the SOC.
 HEALTH_SECONDS = 10.0
-# Filter updates (each compiles a program: a quarter of a second for a full bulk list) may
-# take at most this share of a worker's time; they come at least a second apart.
-FILTER_UPDATE_SHARE = 0.02
+# Filter updates (each compiles a program: a quarter of a second for a full bulk list, which
+# stalls the worker) may take at most this share of its time; at least a second apart.
+FILTER_UPDATE_SHARE = 0.005
 FILTER_UPDATE_SECONDS = 1.0
 
 
