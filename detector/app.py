@@ -22,7 +22,7 @@ from detector.classify.pseudonym import Pseudonymiser, load_or_create_key
 from detector import fastpath
 from detector.config import Config, state_path
 from detector.model import Stats, UsageEvent
-from detector.pipeline import Pipeline
+from detector.pipeline import Pipeline, settle_heap
 from detector.sinks.output import CsvSink, JsonlSink, SummarySink, render_coverage
 
 if TYPE_CHECKING:
@@ -98,6 +98,7 @@ def analyze(
 
     stats = Stats()
     pipeline = Pipeline(cfg, classifier, emit, stats, include_unmatched=include_all)
+    settle_heap()
     started = time.monotonic()
     ok = failed = 0
     bar = _progress_bar(files) if progress else None

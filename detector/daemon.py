@@ -8,7 +8,6 @@ stalls capture. Signals only set flags; the main loop acts on them between batch
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import queue
@@ -34,7 +33,7 @@ from detector.config import Config, state_path
 from detector.fastpath import PYTHON_UDP_PORTS
 from detector.flows.heads import HeadSelector
 from detector.model import Stats, UsageEvent
-from detector.pipeline import Pipeline
+from detector.pipeline import Pipeline, settle_heap
 from detector.sinks.metrics import RulesState
 
 log = logging.getLogger("shadowai")
@@ -51,9 +50,6 @@ HOUSEKEEPING_SECONDS = 1.0
 QUIET_MARGIN_SECONDS = 2.0
 # Batches read from each kernel ring at shutdown, at most: what a busy link queued.
 MAX_DRAIN_BATCHES = 1000
-# Container allocations between two young-generation collections (CPython's default is
-# 700: a collection every few packets for a loop that allocates several objects each).
-GC_THRESHOLD = 50_000
 # How often the sensor's own health (drops, blind share) is judged for the SOC.
 HEALTH_SECONDS = 10.0
 # Filter updates (each compiles a program: a quarter of a second for a full bulk list, which
@@ -379,10 +375,7 @@ class Daemon:
     def run(self) -> int:
         """Capture until stopped; return the exit status."""
         self._setup()
-        # What set-up built (catalogue, classifier, sinks) lives as long as the daemon: no
-        # collection needs to scan it again.
-        gc.freeze()
-        gc.set_threshold(GC_THRESHOLD, 20, 20)
+        settle_heap()
         self._install_signals()
         for r in self._readers:
             r.start()
