@@ -302,7 +302,7 @@ class Daemon:
             feed(ts, lt, data)
 
     def _feed_window(self, window: tuple[bytes, bytes]) -> None:
-        self._heads.feed(window[0], window[1], 1, self.pipeline.feed, self.pipeline.feed_run)
+        self._heads.feed(window[0], window[1], self.pipeline.feed, self.pipeline.feed_run)
 
     def _open_interface(self, name: str, share: str) -> None:
         cfg = self.cfg.capture

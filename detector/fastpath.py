@@ -45,7 +45,7 @@ def analyze(path: Path, main: Pipeline, cfg: Config, part: tuple[int, int] | Non
     cut: list[str] = []
     try:
         for data, meta in batches(path, dlt, part, cut):
-            selector.feed(data, meta, dlt, main.feed, main.feed_run)
+            selector.feed(data, meta, main.feed, main.feed_run)
     except CaptureError as exc:
         raise FastPathUnavailable(str(exc)) from None
     return cut[0] if cut else None

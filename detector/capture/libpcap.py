@@ -98,15 +98,10 @@ def _share_filter(dlt: int, part: tuple[int, int] | None) -> str:
 def batches(path: Path, dlt: int, part: tuple[int, int] | None, cut: list[str]) -> Iterator[tuple[bytes, bytes]]:
     """A classic pcap file's frames (one share of its flows with `part`, see _share_filter)
     as `next_batch` batches: (frame bytes, packed records of seconds, microseconds, offset
-    and length). When the file ends in a truncated record, libpcap's message is added to
-    `cut` (every frame before it is read). Raises CaptureError when libpcap cannot open it."""
-    return _batches(path, _share_filter(dlt, part), SELECT_BATCH, cut)
-
-
-def _batches(path: Path, expression: str, size: int, cut: list[str]) -> Iterator[tuple[bytes, bytes]]:
-    """`next_batch` batches (frame bytes, packed records) of the frames of a file that match
-    a filter. libpcap loses the whole batch that holds a truncated record: on that error
-    the file is read again up to the cut, frame by frame, and the cut noted in `cut`."""
+    and length). libpcap loses the whole batch that holds a truncated record: on that
+    error the file is read again up to the cut, frame by frame, and libpcap's message is
+    added to `cut`. Raises CaptureError when libpcap cannot open the file."""
+    expression = _share_filter(dlt, part)
     seen = 0
     try:
         cap = pcapy.open_offline(str(path))
@@ -116,7 +111,7 @@ def _batches(path: Path, expression: str, size: int, cut: list[str]) -> Iterator
         raise CaptureError(f"{path}: {exc}") from None
     try:
         while True:
-            data, meta = cap.next_batch(size)
+            data, meta = cap.next_batch(SELECT_BATCH)
             if not meta:
                 return
             seen += len(meta) // 16

@@ -1,13 +1,14 @@
 """Which packets of a flow the pipeline must see one by one, and the rest as counted runs.
 
-The fast paths read IPv4 TCP/UDP in batches (libpcap's `next_batch`: one bytes blob and a
-record of (seconds, microseconds, offset, length) per frame). Of each flow direction the
-pipeline needs only the packets that can name a flow or change its state: the first ones,
-SYN/FIN/RST, the client's stream up to the end of its TLS ClientHello or HTTP request head,
-and the first datagrams of a UDP flow (a QUIC handshake). Everything else only counts: it is
-folded into *runs* (one flow direction's consecutive packets within a second: how many, IP
-bytes, frame bytes, first and last time), which the flow table counts as if it had seen
-each packet. The selection is done with numpy over the whole batch (a sort by flow, then
+The fast paths (a capture file, a live link) read frames in batches (libpcap's
+`next_batch`: one bytes blob and a record of (seconds, microseconds, offset, length) per
+frame). Of each plain IPv4 TCP/UDP flow direction the pipeline needs only the packets that
+can name a flow or change its state: the first one, SYN/FIN/RST, the client's stream up to
+the end of its TLS ClientHello or HTTP request head (by sequence number), and a UDP flow's
+first datagrams and QUIC handshake. Everything else of it only counts: it is folded into
+*runs* (one flow direction's packets within RUN_SECONDS: how many, IP bytes, frame bytes,
+first and last time), which the flow table counts as if it had seen each packet. Other
+frames (DNS, tunnels, fragments, IPv6, anything not IPv4) are always fed whole. The selection is done with numpy over the whole batch (a sort by flow, then
 cumulative sums), so Python touches a packet only when it matters.
 
 Selection errs on the side of admitting: a flow direction whose state is forgotten (idle
@@ -28,8 +29,8 @@ from detector.model import IPV4_OFFSETS, MAX_HTTP_HEAD_LEN, TCP, VLAN_TPIDS
 # flow (SYN, SYN/ACK, FIN and RST always pass too).
 TCP_HEAD = 1
 # Datagrams per UDP flow direction admitted whatever they hold (Google QUIC's hello has a
-# short header), and within how many a QUIC long header (Initial, Handshake) is: the
-# pipeline inspects a UDP flow within its first 16 packets (pipeline.MAX_QUIC_INITIALS).
+# short header), and within how many a QUIC long header (Initial, Handshake) is admitted:
+# the pipeline inspects a UDP flow within its first 16 packets (MAX_QUIC_INITIALS).
 UDP_HEAD = 4
 UDP_HANDSHAKE = 16
 # A run never spans more than this many seconds: a long flow's report every
@@ -64,9 +65,9 @@ _HEAD_END = np.frombuffer(b"\r\n\r\n", dtype=np.uint8)
 # A sequence number this far past the stream's start is before it (a retransmitted SYN's
 # data, a stream seen mid-way): admitted, the reassembler sorts it out.
 _BEFORE_START = 1 << 31
+# Multipliers of a 64-bit hash of a flow direction (splitmix64's constants).
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)
-_M3 = np.uint64(0x94D049BB133111EB)
 
 
 @dataclass(slots=True)
@@ -114,36 +115,25 @@ class HeadSelector:
     def __len__(self) -> int:
         return len(self._state)
 
-    def feed(
-        self,
-        data: bytes,
-        meta: bytes,
-        linktype: int,
-        feed: Callable[[float, int, bytes], None],
-        feed_run: RunFeed,
-        before: Callable[[float], None] | None = None,
-    ) -> None:
+    def feed(self, data: bytes, meta: bytes, feed: Callable[[float, int, bytes], None], feed_run: RunFeed) -> None:
         """Select a batch (libpcap's `next_batch` result) and feed it in stream order: the
-        admitted frames to `feed`, runs to `feed_run` (each where its first frame was).
-        `before(ts)`, when given, is called ahead of each, to merge in another stream."""
+        admitted frames to `feed`, runs to `feed_run` (each where its first frame was)."""
         admitted, runs = self.select(data, meta)
         view = memoryview(meta).cast("I")
+        linktype = self.linktype
         at = runs.at
         n_runs = len(at)
         r = 0
         next_run = at[0] if n_runs else -1
         for i in admitted:
             while 0 <= next_run < i:
-                _feed_run(runs, r, feed_run, before)
+                _feed_run(runs, r, feed_run)
                 r += 1
                 next_run = at[r] if r < n_runs else -1
             j = 4 * i
-            ts = view[j] + view[j + 1] * 1e-6
-            if before is not None:
-                before(ts)
-            feed(ts, linktype, data[view[j + 2] : view[j + 2] + view[j + 3]])
+            feed(view[j] + view[j + 1] * 1e-6, linktype, data[view[j + 2] : view[j + 2] + view[j + 3]])
         for r in range(r, n_runs):
-            _feed_run(runs, r, feed_run, before)
+            _feed_run(runs, r, feed_run)
 
     def select(self, data: bytes, meta: bytes) -> tuple[list[int], Runs]:
         """Split a batch of frames: the indices of the frames to feed one by one, in order,
@@ -340,11 +330,8 @@ def _be32(rows: np.ndarray, at: int) -> np.ndarray:
 RunFeed = Callable[[float, float, int, bytes, bytes, int, int, int, int, int], None]
 
 
-def _feed_run(runs: Runs, r: int, feed_run: RunFeed, before: Callable[[float], None] | None) -> None:
-    first = runs.first[r]
-    if before is not None:
-        before(first)
+def _feed_run(runs: Runs, r: int, feed_run: RunFeed) -> None:
     feed_run(
-        first, runs.last[r], runs.proto[r], runs.src[r], runs.dst[r], runs.sport[r], runs.dport[r],
+        runs.first[r], runs.last[r], runs.proto[r], runs.src[r], runs.dst[r], runs.sport[r], runs.dport[r],
         runs.packets[r], runs.ip_bytes[r], runs.frame_bytes[r],
     )  # fmt: skip
