@@ -87,6 +87,11 @@ class Runs:
     ip_bytes: list[int]
     frame_bytes: list[int]
 
+    @staticmethod
+    def none() -> Runs:
+        """No runs."""
+        return Runs([], [], [], [], [], [], [], [], [], [], [])
+
 
 class HeadSelector:
     """Per flow direction state across batches; `select` splits one batch."""
@@ -142,6 +147,8 @@ class HeadSelector:
         everything else is fed."""
         m = np.frombuffer(meta, dtype=np.uint32).reshape(-1, 4)
         n = len(m)
+        if not data:  # no frames, or only empty ones: nothing to fold
+            return list(range(n)), Runs.none()
         b = np.frombuffer(data, dtype=np.uint8)
         last_byte = len(b) - 1
         ts = m[:, 0] + m[:, 1] * 1e-6
@@ -291,7 +298,7 @@ class HeadSelector:
         """Group the frames not admitted into runs: one segment's frames within RUN_SECONDS."""
         drop = np.flatnonzero(~admit_sorted)
         if not len(drop):
-            return Runs([], [], [], [], [], [], [], [], [], [], [])
+            return Runs.none()
         sec = np.floor(t[drop] / RUN_SECONDS).astype(np.int64)
         sg = seg[drop]
         brk = np.empty(len(drop), dtype=bool)
