@@ -62,8 +62,6 @@ MAX_PENDING_QUERIES = 8192
 # Coverage: which nameless flows count as TLS/QUIC for the visibility figures.
 _TLS_PORTS = frozenset({443, 853, 8443})
 
-
-
 # Container allocations between two young-generation collections (CPython's default is
 # 700: a collection every few packets for a loop that allocates several objects each).
 GC_THRESHOLD = 50_000

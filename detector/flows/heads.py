@@ -258,7 +258,9 @@ class HeadSelector:
         self._keep(uniq, heads, n, rank, base, seg, t)
         admit = np.empty(n, dtype=bool)
         admit[order] = admit_sorted
-        return np.flatnonzero(admit).tolist(), self._runs(order, admit_sorted, seg, t, ts, total, caplen, proto, ports, data, l3)
+        return np.flatnonzero(admit).tolist(), self._runs(
+            order, admit_sorted, seg, t, ts, total, caplen, proto, ports, data, l3
+        )
 
     def _stream_limits(self, peek: np.ndarray, tail: np.ndarray, pay: np.ndarray) -> np.ndarray:
         """How many bytes of a stream the pipeline may need, from the packet at its start
@@ -283,7 +285,9 @@ class HeadSelector:
         ends[-1] = n - 1
         last = base[seg[ends]]
         state = self._state
-        for h, r, s0, lim, at in zip(uniq, (rank[ends] + 1).tolist(), last[:, 1].tolist(), last[:, 2].tolist(), t[ends].tolist()):
+        for h, r, s0, lim, at in zip(
+            uniq, (rank[ends] + 1).tolist(), last[:, 1].tolist(), last[:, 2].tolist(), t[ends].tolist()
+        ):
             state[h] = (r, s0, lim, at)
         now = float(t[ends].max())
         if len(state) > self.max_states:

@@ -48,7 +48,10 @@ def _select(frames: list[tuple[float, bytes]], batch: int) -> tuple[list[int], l
         chunk = frames[start : start + batch]
         admitted, r = sel.select(*_batch(chunk))
         fed += [start + i for i in admitted]
-        runs += [(start + a, p, ip, fb, f, last) for a, p, ip, fb, f, last in zip(r.at, r.packets, r.ip_bytes, r.frame_bytes, r.first, r.last)]
+        runs += [
+            (start + a, p, ip, fb, f, last)
+            for a, p, ip, fb, f, last in zip(r.at, r.packets, r.ip_bytes, r.frame_bytes, r.first, r.last)
+        ]
     return fed, runs
 
 
@@ -58,7 +61,9 @@ def _hello(size: int) -> bytes:
     return b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs
 
 
-def _tls_flow(t0: float, cport: int, hello_segments: int, data_packets: int, vlan: bool = False) -> list[tuple[float, bytes]]:
+def _tls_flow(
+    t0: float, cport: int, hello_segments: int, data_packets: int, vlan: bool = False
+) -> list[tuple[float, bytes]]:
     """A TLS flow: handshake, a hello in `hello_segments` segments, then data both ways, FIN."""
     out = []
     isn = 1000
@@ -88,9 +93,7 @@ def _tls_flow(t0: float, cport: int, hello_segments: int, data_packets: int, vla
     return out
 
 
-flows = st.lists(
-    st.tuples(st.integers(1, 4), st.integers(0, 30), st.booleans()), min_size=1, max_size=6
-)
+flows = st.lists(st.tuples(st.integers(1, 4), st.integers(0, 30), st.booleans()), min_size=1, max_size=6)
 
 
 def _mix(spec: list[tuple[int, int, bool]]) -> list[tuple[float, bytes]]:
@@ -151,14 +154,16 @@ def test_a_reused_five_tuple_starts_over_with_its_head() -> None:
     second = _tls_flow(400.0, 40000, 2, 5)  # the same ports, after the idle timeout
     frames = first + second
     fed = set(_select(frames, 7)[0])
-    hello_pieces = [i for i, (_, d) in enumerate(frames) if d[34:36] == (40000).to_bytes(2, "big") and d[54:] and d[54] != 0x17]
+    hello_pieces = [
+        i for i, (_, d) in enumerate(frames) if d[34:36] == (40000).to_bytes(2, "big") and d[54:] and d[54] != 0x17
+    ]
     assert len(hello_pieces) == 4 and fed.issuperset(hello_pieces)
 
 
 def test_a_flow_seen_mid_way_is_opened_by_its_first_packet() -> None:
     frames = _tls_flow(100.0, 40000, 1, 20)[10:]
     fed = _select(frames, 64)[0]
-    firsts = {frames[i][1][26:38] for i in fed[:TCP_HEAD * 2]}
+    firsts = {frames[i][1][26:38] for i in fed[: TCP_HEAD * 2]}
     assert len(firsts) == 2, "each direction's first packet"
 
 
@@ -176,10 +181,16 @@ def test_what_is_not_plain_ipv4_tcp_or_udp_is_always_fed_whole() -> None:
         _frame(CLIENT, SERVER, 40001, 53, proto=17, payload=bytes(30)),
         _frame(CLIENT, SERVER, 40002, 53, payload=bytes(30)),
         _frame(CLIENT, SERVER, 40003, 4789, proto=17, payload=bytes(60)),
-        bytes(frag), bytes(options), ipv6, arp,
+        bytes(frag),
+        bytes(options),
+        ipv6,
+        arp,
     ]
     frames = [(100.0 + i * 0.001, kinds[i % len(kinds)]) for i in range(10 * len(kinds))]
-    frames += [(200.0 + i * 0.001, _frame(CLIENT, SERVER, 40000, 443, seq=i * 100, payload=b"\x17" + bytes(99))) for i in range(20)]
+    frames += [
+        (200.0 + i * 0.001, _frame(CLIENT, SERVER, 40000, 443, seq=i * 100, payload=b"\x17" + bytes(99)))
+        for i in range(20)
+    ]
     sel = HeadSelector(1, whole_ports=(53, 4789), idle_timeout=120.0, inspect_bytes=32768, max_states=1 << 20)
     fed, runs = sel.select(*_batch(frames))
     assert fed == list(range(10 * len(kinds))) + [10 * len(kinds)]
