@@ -113,14 +113,13 @@ def analyze(
                 try:
                     if not fast or not fastpath.usable(path):
                         raise fastpath.FastPathUnavailable(str(path))
+                    before = stats.packets
                     if shares:
-                        before = stats.packets
                         events, counted, cut = fastpath.analyze_shared(path, cfg, classifier, shares, include_all)
                         for ev in events:
                             emit(ev)
                         fastpath.add_stats(stats, counted)
                     else:
-                        before = stats.packets
                         cut = fastpath.analyze(path, pipeline, cfg)
                     if cut is not None:
                         warn(f"{path}: truncated after {stats.packets - before} packets ({cut})")

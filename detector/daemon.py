@@ -98,6 +98,16 @@ class _Reader(threading.Thread):
             self.finished.set()
 
 
+def _each(feed: Callable[[float, int, bytes], None]) -> Callable[[list], None]:
+    """A batch of frames fed one by one."""
+
+    def fed(batch: list) -> None:
+        for ts, lt, data in batch:
+            feed(ts, lt, data)
+
+    return fed
+
+
 def _kind(iface: LiveInterface) -> int:
     """How an interface's batches are read and fed: a worker's DNS handle by frames, an
     Ethernet link by windows for the head selection, anything else by frames."""
@@ -225,7 +235,7 @@ class Daemon:
             max_states=2 * cfg.flows.max_flows,
         )  # fmt: skip
         # How a batch is fed, by its reader's kind.
-        self._feeds = (self._feed_frames, self._feed_dns_frames, self._feed_window)
+        self._feeds = (_each(self.pipeline.feed), _each(self.pipeline.feed_dns_share), self._feed_window)
         # Every worker sees all DNS; one of them reports the lookups.
         self.pipeline.lookup_share = (0, 1) if self.worker is None or self.worker[0] == 0 else None
         if cfg.capture.bpf == "auto" and self.interfaces:
@@ -290,16 +300,6 @@ class Daemon:
             warn = lambda msg: log.warning("%s", msg)  # noqa: E731
             source = _Replay(self.replay, self.realtime, warn)
             self._readers.append(_Reader(self.replay.name, source.read, self._queue, self._stop))
-
-    def _feed_frames(self, batch: list) -> None:
-        feed = self.pipeline.feed
-        for ts, lt, data in batch:
-            feed(ts, lt, data)
-
-    def _feed_dns_frames(self, batch: list) -> None:
-        feed = self.pipeline.feed_dns_share
-        for ts, lt, data in batch:
-            feed(ts, lt, data)
 
     def _feed_window(self, window: tuple[bytes, bytes]) -> None:
         self._heads.feed(window[0], window[1], self.pipeline.feed, self.pipeline.feed_run)

@@ -5,12 +5,12 @@ by BPF, for `flows.heads` to split into heads and counted runs.
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
 import pcapy
 
+from detector.capture.live import joined_batches
 from detector.capture.pcapfile import CaptureError
 from detector.model import DNS_UDP_PORTS, IPV4_OFFSETS
 
@@ -129,8 +129,7 @@ def _before_cut(path: Path, expression: str, skip: int) -> Iterator[tuple[bytes,
     if expression:
         cap.setfilter(expression)
     datas: list[bytes] = []
-    records = array("I")
-    size = 0
+    metas: list[bytes] = []
     try:
         while skip:
             _, meta = cap.next_batch(min(skip, BATCH))
@@ -139,13 +138,11 @@ def _before_cut(path: Path, expression: str, skip: int) -> Iterator[tuple[bytes,
             data, meta = cap.next_batch(1)
             if not meta:
                 break
-            sec, usec, _, caplen = memoryview(meta).cast("I")
-            records.extend((sec, usec, size, caplen))
             datas.append(data)
-            size += len(data)
+            metas.append(meta)
     except pcapy.PcapError:
         pass  # the truncated record
     finally:
         cap.close()
     if datas:
-        yield b"".join(datas), records.tobytes()
+        yield joined_batches(datas, metas)
