@@ -100,6 +100,7 @@ class Step:
     expected_ai_flows: int  # truth AI flows that start before the cut minus MARGIN_S
     borderline_ai_flows: int  # ... that start within MARGIN_S of the cut (may or may not count)
     load_avg: float
+    daemon_cores: float  # CPU time of the daemon's processes during the replay / its length
     ok: bool
 
 
@@ -133,6 +134,33 @@ def metric_sum(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
             total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User and system CPU seconds used so far by process `root` and every descendant
+    alive now (the daemon and its capture workers), from /proc."""
+    parent: dict[int, int] = {}
+    spent: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        # after the command: state, ppid, ..., utime and stime are fields 14 and 15 of stat(5)
+        parent[int(entry)] = int(fields[1])
+        spent[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total = 0.0
+    for pid, used in spent.items():
+        p = pid
+        while p > 1 and p != root:
+            p = parent.get(p, 0)
+        if p == root:
+            total += used
     return total
 
 
@@ -256,9 +284,13 @@ def run_step(
     try:
         budget = seconds * 3 + 120  # preloading plus a replay three times slower than asked
         cmd = ["tcpreplay", f"--intf1={veth.inj}", f"--mbps={rate}", "--preload-pcap"]
+        cpu_before = tree_cpu_seconds(daemon.proc.pid)
         r = veth.run(veth.office, *cmd, *([f"--limit={limit}"] if limit < total else []), str(mix.pcap),
                      timeout=budget)  # fmt: skip
         replay = parse_tcpreplay(r.stdout + r.stderr)
+        # --preload-pcap reads the file before sending: the daemon idles meanwhile, and its
+        # CPU over the sending time alone is what the traffic cost it.
+        cores = (tree_cpu_seconds(daemon.proc.pid) - cpu_before) / replay.seconds if replay.seconds else 0.0
         load = os.getloadavg()[0]
         deadline = time.monotonic() + SETTLE_S
         text = daemon.metrics()
@@ -273,7 +305,7 @@ def run_step(
     flows = int(metric_sum(text, "shadowai_ai_flows_total"))
     return Step(rate, replay.mbps, replay.pps, replay.seconds, replay.packets, replay.failed,
                 int(metric_sum(text, "shadowai_capture_packets_total")), drops, flows, sure, borderline,
-                round(load, 2), ok=drops == 0 and flows >= sure and replay.packets == limit)  # fmt: skip
+                round(load, 2), round(cores, 2), ok=drops == 0 and flows >= sure and replay.packets == limit)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             log(
                 f"  {rate:>5} Mbit/s requested: {step.achieved_mbps:8.1f} achieved, {step.captured:,} captured, "
                 f"{step.kernel_drops:,} kernel drops, AI flows {step.ai_flows}/{step.expected_ai_flows} "
-                f"{'ok' if step.ok else 'FAIL'} (load {step.load_avg})"
+                f"{'ok' if step.ok else 'FAIL'} (daemon {step.daemon_cores} cores, load {step.load_avg})"
             )
     finally:
         veth.close()
@@ -370,15 +402,16 @@ def _print(
           f"load average {before['load_avg']} before, {after['load_avg']} after\n")  # fmt: skip
     print(
         "| requested Mbit/s | achieved Mbit/s | packets/s | seconds | sent | captured | kernel drops "
-        "| AI flows (expected) | result |"
+        "| AI flows (expected) | daemon CPU (cores) | result |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for s in steps:
         top = s.expected_ai_flows + s.borderline_ai_flows
         expected = f"{s.expected_ai_flows}" + (f"-{top}" if top > s.expected_ai_flows else "")
         print(
             f"| {s.requested_mbps} | {s.achieved_mbps:.1f} | {s.pps:,.0f} | {s.seconds:.1f} | {s.sent:,} | "
-            f"{s.captured:,} | {s.kernel_drops:,} | {s.ai_flows} of {expected} | {'ok' if s.ok else 'FAIL'} |"
+            f"{s.captured:,} | {s.kernel_drops:,} | {s.ai_flows} of {expected} | {s.daemon_cores:.2f} | "
+            f"{'ok' if s.ok else 'FAIL'} |"
         )
     ok = [s for s in steps if s.ok]
     if ok:

@@ -118,6 +118,27 @@ def test_metric_sum_adds_every_label_set_and_only_that_metric() -> None:
     assert live.metric_sum(text, "shadowai_capture_packets_total") == 0
 
 
+def _burner(seconds: float) -> str:
+    """Python code that uses `seconds` of CPU, says so, and waits for a line on stdin."""
+    return f"import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\nprint(flush=True)\ninput()\n"
+
+
+def test_daemon_cpu_counts_its_busy_children_and_not_other_processes() -> None:
+    # A parent whose child burns 0.4 s; an unrelated process burns 1.0 s. Both stay alive.
+    child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {_burner(0.4)!r}])"
+    parent = subprocess.Popen([sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    stranger = subprocess.Popen(
+        [sys.executable, "-c", _burner(1.0)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        parent.stdout.readline(), stranger.stdout.readline()  # type: ignore[union-attr]
+        used = live.tree_cpu_seconds(parent.pid)
+    finally:
+        for p in (parent, stranger):
+            p.communicate("\n", timeout=30)
+    assert 0.4 <= used < 0.9
+
+
 def test_live_harness_says_why_it_cannot_run_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert "needs root" in (live.why_not() or "")
