@@ -18,7 +18,7 @@ from __future__ import annotations
 from hashlib import sha256
 from struct import Struct, unpack_from
 
-from detector.decode._reader import DecodeError, Reader
+from detector.decode._reader import DecodeError
 from detector.model import Anomaly, ClientHello, NeedMore
 
 CONTENT_HANDSHAKE = 22
@@ -109,7 +109,7 @@ _JA4_EMPTY = "000000000000"
 _JA4_NOT_HASHED = (EXT_SERVER_NAME, EXT_ALPN)
 _ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 # SNI host names are DNS names in ASCII (RFC 6066 §3); printable, no space.
-_SNI_BYTES = frozenset(range(0x21, 0x7F))
+_SNI_BYTES = bytes(range(0x21, 0x7F))
 
 
 # The 16 GREASE code points as a set, for the per-extension test of the hot path.
@@ -297,26 +297,32 @@ def parse_client_hello_handshake(
 
 
 def _parse_body(hs: bytes, end: int, transport: str, ja4: bool) -> ClientHello:
-    """The ClientHello body in hs[4:end]; raises DecodeError with the field's anomaly."""
-    r = Reader(hs, HANDSHAKE_HEADER_LEN, end, BODY_TRUNCATED)
-    legacy_version = r.u16()
-    r.skip(32)  # random
-    sid_len = r.u8()
+    """The ClientHello body in hs[4:end]; raises DecodeError with the field's anomaly.
+
+    Plain offset arithmetic, no cursor objects: this runs for every TLS flow."""
+    pos = HANDSHAKE_HEADER_LEN
+    if pos + 35 > end:  # version, random, session id length
+        raise DecodeError(BODY_TRUNCATED)
+    legacy_version = (hs[pos] << 8) | hs[pos + 1]
+    sid_len = hs[pos + 34]
     if sid_len > MAX_SESSION_ID_LEN:
         raise DecodeError(SESSION_ID_TOO_LONG)
-    r.skip(sid_len)
-    ciphers = r.vec16(CIPHER_SUITES_MALFORMED).u16_list()
-    r.vec8(COMPRESSION_MALFORMED)
+    pos += 35 + sid_len
+    start, pos = _vector(hs, pos, end, 2, BODY_TRUNCATED, CIPHER_SUITES_MALFORMED)
+    if (pos - start) & 1:
+        raise DecodeError(CIPHER_SUITES_MALFORMED)
+    ciphers = list(unpack_from(f"!{(pos - start) >> 1}H", hs, start)) if ja4 else []
+    pos = _vector(hs, pos, end, 1, BODY_TRUNCATED, COMPRESSION_MALFORMED)[1]
     exts = _Extensions()
-    if r.remaining():  # extensions are optional before TLS 1.3 (RFC 5246 §7.4.1.2)
-        block = r.vec16(EXT_LEN_OVERFLOW)
-        if r.remaining():
+    if pos < end:  # extensions are optional before TLS 1.3 (RFC 5246 §7.4.1.2)
+        start, pos = _vector(hs, pos, end, 2, BODY_TRUNCATED, EXT_LEN_OVERFLOW)
+        if pos < end:
             raise DecodeError(TRAILING_DATA)
-        exts.read(hs, block.pos, block.end)
+        exts.read(hs, start, pos, ja4)
     if exts.versions is None:
         offered: tuple[int, ...] = (legacy_version,)
     else:
-        offered = tuple(v for v in exts.versions if not is_grease(v))
+        offered = tuple(v for v in exts.versions if v not in _GREASE)
     alpn = exts.alpn
     return ClientHello(
         sni=exts.sni,
@@ -331,6 +337,25 @@ def _parse_body(hs: bytes, end: int, transport: str, ja4: bool) -> ClientHello:
     )
 
 
+def _vector(hs: bytes, pos: int, end: int, width: int, short: Anomaly, overflow: Anomaly) -> tuple[int, int]:
+    """The vector at `pos` with a `width`-byte (1 or 2) length prefix, as (start, end) of its
+    contents; a missing prefix raises `short`, contents past `end` raise `overflow`."""
+    if pos + width > end:
+        raise DecodeError(short)
+    start = pos + width
+    stop = start + (hs[pos] if width == 1 else (hs[pos] << 8) | hs[pos + 1])
+    if stop > end:
+        raise DecodeError(overflow)
+    return start, stop
+
+
+def _u16s(hs: bytes, start: int, stop: int, error: Anomaly) -> list[int]:
+    """hs[start:stop] as big-endian u16 values; an odd length raises `error`."""
+    if (stop - start) & 1:
+        raise DecodeError(error)
+    return list(unpack_from(f"!{(stop - start) >> 1}H", hs, start))
+
+
 class _Extensions:
     """What the extension block holds that the sensor uses: types in order, SNI, ALPN, versions, sigalgs."""
 
@@ -343,60 +368,84 @@ class _Extensions:
         self.versions: list[int] | None = None  # None: no supported_versions extension
         self.sigalgs: list[int] = []
 
-    def read(self, hs: bytes, pos: int, end: int) -> None:
-        """Walk the extensions in hs[pos:end]; only four types are opened, the rest only counted."""
-        seen: set[int] = set()
+    def read(self, hs: bytes, pos: int, end: int, ja4: bool) -> None:
+        """Walk the extensions in hs[pos:end]; only four types are opened, the rest only
+        counted. The first fault in wire order is raised, as if each extension were checked
+        (duplicate, then contents) when reached; the walk itself only collects, because a
+        per-extension duplicate test costs more than the whole walk."""
         types = self.types
+        opened: list[tuple[int, int, int, int]] = []  # (index in types, type, start, end)
         head = _EXT_HEAD.unpack_from
+        broken = False
         while pos < end:
             if pos + 4 > end:
-                raise DecodeError(EXT_LEN_OVERFLOW)
+                broken = True
+                break
             etype, length = head(hs, pos)
             start, pos = pos + 4, pos + 4 + length
             if pos > end:
-                raise DecodeError(EXT_LEN_OVERFLOW)
-            if etype not in _GREASE:
-                if etype in seen:
-                    raise DecodeError(EXT_DUPLICATE)
-                seen.add(etype)
-            types.append(etype)
+                broken = True
+                break
             if etype in _OPENED:
-                self._open(etype, hs, start, pos)
+                opened.append((len(types), etype, start, pos))
+            types.append(etype)
+        dup = _first_duplicate(types) if len(set(types)) < len(types) else len(types)
+        for index, etype, start, stop in opened:
+            if index >= dup:
+                break
+            self._open(etype, hs, start, stop, ja4)
+        if dup < len(types):
+            raise DecodeError(EXT_DUPLICATE)
+        if broken:
+            raise DecodeError(EXT_LEN_OVERFLOW)
 
-    def _open(self, etype: int, hs: bytes, start: int, end: int) -> None:
+    def _open(self, etype: int, hs: bytes, start: int, end: int, ja4: bool) -> None:
         if etype == EXT_SERVER_NAME:
-            self.sni = _server_name(Reader(hs, start, end, SNI_MALFORMED))
+            self.sni = _server_name(hs, start, end)
         elif etype == EXT_ALPN:
-            self.alpn = _alpn(Reader(hs, start, end, ALPN_MALFORMED))
+            self.alpn = _alpn(hs, start, end)
         elif etype == EXT_SUPPORTED_VERSIONS:
-            data = Reader(hs, start, end, VERSIONS_MALFORMED)
-            self.versions = _whole(data, data.vec8().u16_list())
+            self.versions = _u16s(hs, *_whole(hs, start, end, 1, VERSIONS_MALFORMED), VERSIONS_MALFORMED)
         else:
-            data = Reader(hs, start, end, SIGALGS_MALFORMED)
-            self.sigalgs = _whole(data, data.vec16().u16_list())
+            values = _u16s(hs, *_whole(hs, start, end, 2, SIGALGS_MALFORMED), SIGALGS_MALFORMED)
+            if ja4:
+                self.sigalgs = values
 
 
-def _whole(container: Reader, values: list[int]) -> list[int]:
-    """`values`, after checking nothing follows the vector inside its extension."""
-    if container.remaining():
-        raise DecodeError(container.error)
-    return values
+def _first_duplicate(types: list[int]) -> int:
+    """The index of the first extension type seen before (GREASE may repeat), or len(types)."""
+    seen: set[int] = set()
+    for index, etype in enumerate(types):
+        if etype in seen:
+            return index
+        if etype not in _GREASE:
+            seen.add(etype)
+    return len(types)
 
 
-def _server_name(data: Reader) -> str | None:
+def _whole(hs: bytes, start: int, end: int, width: int, error: Anomaly) -> tuple[int, int]:
+    """The one vector that fills an extension's hs[start:end] exactly; else `error`."""
+    inner = _vector(hs, start, end, width, error, error)
+    if inner[1] != end:
+        raise DecodeError(error)
+    return inner
+
+
+def _server_name(hs: bytes, pos: int, end: int) -> str | None:
     """The first host_name of a ServerNameList (RFC 6066 §3), lower-cased, no trailing dot."""
-    names = data.vec16()
-    if data.remaining():
-        raise DecodeError(SNI_MALFORMED)
+    pos = _whole(hs, pos, end, 2, SNI_MALFORMED)[0]
     host: str | None = None
-    while names.remaining():
-        name_type = names.u8()
-        raw = names.vec16().take_rest()
-        if name_type != SNI_HOST_NAME or host is not None:
+    while pos < end:
+        if pos + 3 > end:
+            raise DecodeError(SNI_MALFORMED)
+        start = pos + 3
+        pos = start + ((hs[pos + 1] << 8) | hs[pos + 2])
+        if pos > end:
+            raise DecodeError(SNI_MALFORMED)
+        if hs[start - 3] != SNI_HOST_NAME or host is not None:
             continue
-        if raw.endswith(b"."):
-            raw = raw[:-1]
-        if not raw or not _SNI_BYTES.issuperset(raw):
+        raw = hs[start : pos - 1] if hs[pos - 1 : pos] == b"." else hs[start:pos]
+        if not raw or raw.translate(None, _SNI_BYTES):
             raise DecodeError(SNI_MALFORMED)
         if len(raw) > MAX_SNI_LEN:
             raise DecodeError(SNI_TOO_LONG)
@@ -404,15 +453,13 @@ def _server_name(data: Reader) -> str | None:
     return host
 
 
-def _alpn(data: Reader) -> list[bytes]:
+def _alpn(hs: bytes, pos: int, end: int) -> list[bytes]:
     """The ProtocolNameList of an ALPN extension (RFC 7301 §3.1); names are non-empty."""
-    names = data.vec16()
-    if data.remaining():
-        raise DecodeError(ALPN_MALFORMED)
+    pos = _whole(hs, pos, end, 2, ALPN_MALFORMED)[0]
     protocols: list[bytes] = []
-    while names.remaining():
-        name = names.vec8().take_rest()
-        if not name:
+    while pos < end:
+        start, pos = _vector(hs, pos, end, 1, ALPN_MALFORMED, ALPN_MALFORMED)
+        if pos == start:
             raise DecodeError(ALPN_MALFORMED)
-        protocols.append(name)
+        protocols.append(hs[start:pos])
     return protocols
