@@ -122,7 +122,7 @@ def analyze(files: tuple[Path, ...], fmt: str, include_all: bool, db: str | None
 @click.option("--metrics-listen", default=None, help="HOST:PORT for /metrics (default 127.0.0.1:9810; '' = off).")
 @click.option("--bpf", default=None, help="Kernel prefilter: 'auto' (the sensor's own), '' (none) or a tcpdump expression.")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Capture processes sharing the interfaces by flow hash (AF_PACKET fanout); one database and /metrics.")
+              help="Capture processes sharing the interfaces by client address (AF_PACKET fanout): each sees all of its clients' flows and DNS; one database and /metrics.")
 @click.option("--sensor", default=None, help="Sensor name recorded with events and exports.")
 @click.option("--key-file", default=None, help="Pseudonym key file (created with mode 0600 if absent).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None, help="Log format on stderr.")

@@ -20,14 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from detector.app import build_classifier
-from detector.capture.live import (
-    DNS_SHARE,
-    DNS_TRAFFIC,
-    MAX_FILTER_FLOWS,
-    CaptureSetupError,
-    LiveInterface,
-    prefilter,
-)
+from detector.capture.live import MAX_FILTER_FLOWS, CaptureSetupError, LiveInterface, prefilter
 from detector.capture.pcapfile import iter_frames
 from detector.config import Config, state_path
 from detector.fastpath import PYTHON_UDP_PORTS
@@ -58,14 +51,14 @@ FILTER_UPDATE_SHARE = 0.005
 FILTER_UPDATE_SECONDS = 1.0
 
 
-# What a reader's batches are, and so how the main loop feeds them: frames, frames of a
-# worker's DNS handle, or a window of raw frames for the head selection.
-FRAMES, DNS_FRAMES, WINDOW = 0, 1, 2
+# What a reader's batches are, and so how the main loop feeds them: frames, or a window of
+# raw frames for the head selection.
+FRAMES, WINDOW = 0, 1
 
 
 class _Reader(threading.Thread):
     """Moves batches from one source into the queue until stopped or exhausted; each goes
-    as (kind, batch), kind being FRAMES, DNS_FRAMES or WINDOW."""
+    as (kind, batch), kind being FRAMES or WINDOW."""
 
     def __init__(
         self, name: str, read: Callable[[], object], out: queue.Queue, stop: threading.Event, kind: int = FRAMES
@@ -109,10 +102,8 @@ def _each(feed: Callable[[float, int, bytes], None]) -> Callable[[list], None]:
 
 
 def _kind(iface: LiveInterface) -> int:
-    """How an interface's batches are read and fed: a worker's DNS handle by frames, an
-    Ethernet link by windows for the head selection, anything else by frames."""
-    if iface.share == "dns":
-        return DNS_FRAMES
+    """How an interface's batches are read and fed: an Ethernet link by windows for the
+    head selection, anything else by frames."""
     return WINDOW if iface.linktype == 1 else FRAMES
 
 
@@ -178,7 +169,9 @@ class BulkFlows:
     def texts(self) -> list[tuple[str, int, str, int]]:
         """The flows as text for a filter expression."""
         fam = {4: socket.AF_INET, 16: socket.AF_INET6}
-        return [(socket.inet_ntop(fam[len(s)], s), sp, socket.inet_ntop(fam[len(c)], c), cp) for s, sp, c, cp in self._flows]
+        return [
+            (socket.inet_ntop(fam[len(s)], s), sp, socket.inet_ntop(fam[len(c)], c), cp) for s, sp, c, cp in self._flows
+        ]
 
 
 class Daemon:
@@ -235,9 +228,7 @@ class Daemon:
             max_states=2 * cfg.flows.max_flows,
         )  # fmt: skip
         # How a batch is fed, by its reader's kind.
-        self._feeds = (_each(self.pipeline.feed), _each(self.pipeline.feed_dns_share), self._feed_window)
-        # Every worker sees all DNS; one of them reports the lookups.
-        self.pipeline.lookup_share = (0, 1) if self.worker is None or self.worker[0] == 0 else None
+        self._feeds = (_each(self.pipeline.feed), self._feed_window)
         if cfg.capture.bpf == "auto" and self.interfaces:
             self.pipeline.watch_bulk = self.bulk.add
             self.pipeline.bulk_ended = self.bulk.discard
@@ -281,7 +272,9 @@ class Daemon:
             try:
                 self.server = serve(cfg.metrics.listen, new_registry(self.metrics))
             except (OSError, ValueError) as exc:
-                raise CaptureSetupError(f"metrics endpoint {cfg.metrics.listen}: {getattr(exc, 'strerror', None) or exc}") from None
+                raise CaptureSetupError(
+                    f"metrics endpoint {cfg.metrics.listen}: {getattr(exc, 'strerror', None) or exc}"
+                ) from None
             self._closers.append(self._stop_server)
         self._open_sources()
 
@@ -291,11 +284,7 @@ class Daemon:
 
     def _open_sources(self) -> None:
         for name in self.interfaces:
-            self._open_interface(name, share="not-dns" if self.worker else "all")
-            if self.worker is not None:
-                # Every worker sees all DNS, so its DNS cache knows every client's lookups
-                # (the kernel spreads flows, not clients); only worker 0 reports lookups.
-                self._open_interface(name, share="dns")
+            self._open_interface(name)
         if self.replay is not None:
             warn = lambda msg: log.warning("%s", msg)  # noqa: E731
             source = _Replay(self.replay, self.realtime, warn)
@@ -304,26 +293,23 @@ class Daemon:
     def _feed_window(self, window: tuple[bytes, bytes]) -> None:
         self._heads.feed(window[0], window[1], self.pipeline.feed, self.pipeline.feed_run)
 
-    def _open_interface(self, name: str, share: str) -> None:
+    def _open_interface(self, name: str) -> None:
         cfg = self.cfg.capture
-        iface = LiveInterface(
-            name, snaplen=cfg.snaplen, promiscuous=cfg.promiscuous, buffer_mib=cfg.buffer_mib, bpf="", share=share
-        )
-        if share == "not-dns":
-            iface.join_fanout(self.worker[1])  # type: ignore[index]
+        iface = LiveInterface(name, snaplen=cfg.snaplen, promiscuous=cfg.promiscuous, buffer_mib=cfg.buffer_mib, bpf="")
+        if self.worker is not None:
+            # A worker gets whole clients (their flows and their DNS), so its DNS cache
+            # names its own flows and it reports its own clients' lookups.
+            iface.join_fanout(self.worker[1])
         bpf = cfg.bpf
-        if bpf == "auto" or (share != "all" and not bpf):
-            bpf = prefilter(ethernet=iface.linktype == 1, share=share)  # admits all until flows are known
-        elif share != "all":
-            # An operator's own filter, narrowed to this worker's part (untagged DNS only:
-            # the expression may use `vlan` itself, which must come last).
-            part = DNS_SHARE if share == "dns" else f"not ({DNS_TRAFFIC})"
-            bpf = f"({part}) and ({bpf})"
+        if bpf == "auto":
+            bpf = prefilter(ethernet=iface.linktype == 1)  # admits all until flows are known
         if bpf:
             iface.set_filter(bpf)
         self._live.append(iface)
         kind = _kind(iface)
-        self._readers.append(_Reader(name, iface.read_window if kind == WINDOW else iface.read, self._queue, self._stop, kind))
+        self._readers.append(
+            _Reader(name, iface.read_window if kind == WINDOW else iface.read, self._queue, self._stop, kind)
+        )
 
     def _rules_loaded(self, ok: bool) -> None:
         # The metrics hold this same object: update it in place.
@@ -413,7 +399,12 @@ class Daemon:
                     notify("WATCHDOG=1")
                 if self._reload:
                     self._do_reload()
-                if not replay_done and self.replay is not None and self._queue.empty() and all(r.finished.is_set() for r in self._readers):
+                if (
+                    not replay_done
+                    and self.replay is not None
+                    and self._queue.empty()
+                    and all(r.finished.is_set() for r in self._readers)
+                ):
                     replay_done = True
                     self.pipeline.finish()
                     self._replay_finished()
@@ -451,9 +442,7 @@ class Daemon:
         self.bulk.changed = False
         started = time.monotonic()
         for iface in self._live:
-            expression = prefilter(self.bulk.texts(), ethernet=iface.linktype == 1, share=iface.share)
-            if expression == iface.bpf:
-                continue  # a DNS share has no bulk flows: nothing to recompile
+            expression = prefilter(self.bulk.texts(), ethernet=iface.linktype == 1)
             try:
                 iface.set_filter(expression)
             except CaptureSetupError as exc:

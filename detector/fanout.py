@@ -1,5 +1,5 @@
 """`shadowai run --workers N`: N capture processes sharing the interfaces through AF_PACKET
-fanout (flow-hashed by the kernel), one coordinator with the database writer, the metrics
+fanout (keyed on the client's address, see capture.fanout_program), one coordinator with the database writer, the metrics
 endpoint and the SOC alerts.
 
 Each worker is an ordinary daemon without outputs: it sends its events and, every second,

@@ -101,8 +101,8 @@ class Pipeline:
         self.watch_bulk: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
         self.bulk_ended: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
         # Which UDP lookups this pipeline reports when several see the same DNS datagrams
-        # (fanout workers, fast-path shares): those of clients whose address's last byte
-        # is k modulo n, as (k, n); None: none. Their DNS anomalies are counted the same way.
+        # (the fast path's shares): those of clients whose address's last byte is k modulo
+        # n, as (k, n); None: none. Their DNS anomalies are counted the same way.
         self.lookup_share: tuple[int, int] | None = (0, 1)
 
     # -- input -----------------------------------------------------------------
@@ -139,22 +139,6 @@ class Pipeline:
         stats.packets += packets
         stats.bytes += frame_bytes
         self._packet(L4Packet(first, src, dst, proto, sport, dport, ip_bytes, 0, 0, b""), packets, last)
-
-    def feed_dns_share(self, ts: float, linktype: int, data: bytes) -> None:
-        """Process one frame of a fanout worker's DNS share (DNS datagrams and IPv4
-        fragments). A reassembled datagram that is no DNS belongs to the worker that the
-        kernel gave it to whole, and is skipped here."""
-        stats = self.stats
-        stats.packets += 1
-        stats.bytes += len(data)
-        res = decode_frame(ts, linktype, data)
-        if type(res) is IPFragment:
-            res = self._reassembled(res)
-        if type(res) is L4Packet:
-            if res.proto == UDP and (res.dport in DNS_UDP_PORTS or res.sport in DNS_UDP_PORTS):
-                self._dns_datagram(res)
-        elif isinstance(res, Anomaly):
-            stats.anomaly(res.kind)
 
     def _fragment(self, frag: IPFragment) -> None:
         res = self._reassembled(frag)

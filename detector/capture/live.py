@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pcapy
 
-from detector.model import DNS_UDP_PORTS
+from detector.capture import fanout_program as fanout
 
 # Packets per `next_batch` call: large enough to amortise the call, small enough that a
 # quiet link still delivers promptly (the read timeout below bounds the wait).
@@ -57,15 +57,7 @@ class InterfaceStats:
 BulkFlow = tuple[str, int, str, int]
 
 
-# DNS, which every fanout worker captures whole (see `prefilter`).
-DNS_TRAFFIC = " or ".join(f"udp port {port}" for port in sorted(DNS_UDP_PORTS))
-# A worker's DNS share: DNS plus every IPv4 fragment. A fragmented answer's later fragments
-# carry no port, so each worker reassembles all fragments itself and keeps the DNS among
-# them (the kernel reassembles the rest for the fanout group; see `join_fanout`).
-DNS_SHARE = f"{DNS_TRAFFIC} or (ip and ip[6:2] & 0x3fff != 0)"
-
-
-def prefilter(bulk_flows: Iterable[BulkFlow] = (), *, ethernet: bool = True, share: str = "all") -> str:
+def prefilter(bulk_flows: Iterable[BulkFlow] = (), *, ethernet: bool = True) -> str:
     """The sensor's own BPF prefilter ("auto"), as a tcpdump expression.
 
     It drops only what is proven useless: the server→client data segments (TCP without
@@ -75,29 +67,22 @@ def prefilter(bulk_flows: Iterable[BulkFlow] = (), *, ethernet: bool = True, sha
     known not to matter, so no AI flow ever loses a packet to the filter. Names, handshakes,
     uploads, DNS and flow ends are always admitted. An empty list admits everything.
 
-    `share` is a fanout worker's part: "dns" (DNS_SHARE, which has no bulk flows) or
-    "not-dns" (all but DNS); "all" otherwise. The whole expression is built here because
-    libpcap's `vlan` keyword shifts the offsets of everything after it: it must come last,
-    once.
+    The whole expression is built here because libpcap's `vlan` keyword shifts the offsets
+    of everything after it: it must come last, once.
     """
-    if share == "dns":
-        return f"({DNS_SHARE}) or (vlan and ({DNS_SHARE}))" if ethernet else DNS_SHARE
     flows = sorted(set(bulk_flows))
-    bulk = ""
-    if flows:
-        data = (
-            "((tcp and tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) == 0)"
-            " or (ip and udp and udp[8] & 0x80 == 0)"
-            " or (ip6 and ip6[6] == 17 and ip6[48] & 0x80 == 0))"
-        )
-        each = " or ".join(
-            f"(src host {srv} and src port {sport} and dst host {cli} and dst port {cport})"
-            for srv, sport, cli, cport in flows
-        )
-        bulk = f"({data} and ({each}))"
-    drop = f"({DNS_TRAFFIC}) or {bulk}" if share == "not-dns" and bulk else f"({DNS_TRAFFIC})" if share == "not-dns" else bulk
-    if not drop:
+    if not flows:
         return ""
+    data = (
+        "((tcp and tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) == 0)"
+        " or (ip and udp and udp[8] & 0x80 == 0)"
+        " or (ip6 and ip6[6] == 17 and ip6[48] & 0x80 == 0))"
+    )
+    each = " or ".join(
+        f"(src host {srv} and src port {sport} and dst host {cli} and dst port {cport})"
+        for srv, sport, cli, cport in flows
+    )
+    drop = f"({data} and ({each}))"
     # A filter for another link type than Ethernet must not mention VLAN tags (libpcap
     # rejects the expression), hence `ethernet`.
     return f"not (({drop}) or (vlan and ({drop})))" if ethernet else f"not ({drop})"
@@ -106,12 +91,9 @@ def prefilter(bulk_flows: Iterable[BulkFlow] = (), *, ethernet: bool = True, sha
 class LiveInterface:
     """One promiscuous capture handle; `read()` returns a batch of frames."""
 
-    def __init__(
-        self, name: str, *, snaplen: int, promiscuous: bool, buffer_mib: int, bpf: str, share: str = "all"
-    ) -> None:
+    def __init__(self, name: str, *, snaplen: int, promiscuous: bool, buffer_mib: int, bpf: str) -> None:
         self.name = name
         self.bpf = bpf
-        self.share = share  # all | dns | not-dns: a fanout worker's part of the traffic
         self._lock = threading.Lock()
         try:
             cap = pcapy.create(name)
@@ -142,16 +124,16 @@ class LiveInterface:
         self.bpf = expression
 
     def join_fanout(self, group: int) -> None:
-        """Share this interface's packets with the other handles of `group`, by flow hash.
+        """Share this interface's packets with the other handles of `group`, by client: all
+        of a client's flows and DNS reach one handle (see capture.fanout_program).
 
-        The kernel reassembles IPv4 fragments before it hashes (a fanout flag), so a
-        fragmented datagram reaches the worker of its flow whole. The reassembly queue is
-        shared by every fanout group on the host, so only one group may ask for it: DNS
-        handles stay out of fanout and reassemble their fragments themselves.
+        The kernel reassembles IPv4 fragments before it chooses (a fanout flag), so a
+        fragmented datagram reaches its client's worker whole.
         """
         try:
-            self._cap.set_fanout(group, pcapy.PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG)
-        except pcapy.PcapError as exc:
+            self._cap.set_fanout(group, fanout.PACKET_FANOUT_CBPF | PACKET_FANOUT_FLAG_DEFRAG)
+            fanout.attach(self._cap.getfd())
+        except (pcapy.PcapError, OSError) as exc:
             raise CaptureSetupError(f"{self.name}: cannot join fanout group {group}: {exc}") from None
 
     def read(self) -> list[tuple[float, int, bytes]]:

@@ -1,6 +1,6 @@
-"""The live daemon reads DNS through its own capture handle when it runs several workers, so
-a DNS answer can reach the pipeline after the first packets of the flow it names (they
-still came first on the wire). The events must not depend on that interleaving."""
+"""A mirror port that merges several sources (both directions of a link, several SPAN
+sessions) can deliver a DNS answer after the first packets of the flow it names, though it
+came first on the wire. The events must not depend on that interleaving."""
 
 from __future__ import annotations
 
@@ -21,9 +21,8 @@ TRACES = sorted((Path(__file__).resolve().parents[1] / "golden" / "traces").glob
 LAG = 12
 
 
-def _dns_handle_reads(ts: float, linktype: int, data: bytes) -> bool:
-    """Whether a worker's DNS handle delivers this frame. The kernel reassembles fragments
-    for it, so fragments travel with it too (every fragment in these traces is DNS)."""
+def _is_dns(ts: float, linktype: int, data: bytes) -> bool:
+    """Whether this frame is DNS (every fragment in these traces is DNS)."""
     pkt = decode_frame(ts, linktype, data)
     if type(pkt) is IPFragment:
         return True
@@ -36,7 +35,7 @@ def dns_read_late(frames: Iterable[tuple[float, int, bytes]], lag: int = LAG) ->
     for i, frame in enumerate(frames):
         while held and held[0][0] <= i:
             yield held.pop(0)[1]
-        if _dns_handle_reads(*frame):
+        if _is_dns(*frame):
             held.append((i + lag, frame))
         else:
             yield frame

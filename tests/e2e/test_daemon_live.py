@@ -333,7 +333,7 @@ def test_fanout_workers_share_the_interface_and_store_every_event_once(veth, tra
 
 def test_fanout_workers_name_a_flow_by_a_fragmented_dns_answer(veth, tmp_path):
     # Only the reassembled answer names the ECH flow; its second fragment carries no port,
-    # so without the kernel's reassembly no worker's DNS share would see it.
+    # so without the kernel's reassembly it could reach another worker than its client's.
     trace = ROOT / "tests" / "golden" / "traces" / "dns-ipv4-fragmented-answer-then-ech-chatgpt.pcap"
     sensor = Sensor(veth, tmp_path, workers=2)
     _send(veth, trace)
