@@ -29,6 +29,10 @@ log = logging.getLogger("shadowai")
 
 # Seconds the coordinator waits for its workers to drain after SIGTERM.
 STOP_TIMEOUT = 60.0
+# Messages (events, counter snapshots) waiting for the coordinator, at most (~40 MB of
+# pickled events). A worker whose put finds it full waits, and its kernel ring takes the
+# backlog (its drops are counted and alerted on), instead of memory growing without bound.
+MAX_QUEUED = 65_536
 
 
 def _worker_main(cfg: Config, interfaces: tuple[str, ...], index: int, group: int, out: mp.Queue) -> None:
@@ -106,7 +110,7 @@ class Coordinator(Daemon):
     def run(self) -> int:
         """Start the workers, consume their events until stopped; return the exit status."""
         ctx = mp.get_context("spawn")
-        events: mp.Queue = ctx.Queue()
+        events: mp.Queue = ctx.Queue(MAX_QUEUED)
         group = (os.getpid() & 0x7FFF) or 1
         n = group_size(self.cfg)
         for i in range(n):
