@@ -54,10 +54,10 @@ _IPV4_MARKS = {
 _LINK = np.arange(12, 18)
 # The tags the decoder peels, so a tagged flow folds as the decoder sees it.
 _VLAN_TYPES = tuple(VLAN_TPIDS)
-# Byte offsets from the IPv4 header: its 20 bytes and a TCP header's first 20 (a UDP
+# Byte offsets from the IPv4 header: its 20 bytes and a TCP header up to its flags (a UDP
 # header's 8); from the first payload byte: a TLS record and handshake header; from the
 # payload's end: its last four bytes.
-_HEADERS = np.arange(40)
+_HEADERS = np.arange(34)
 _PEEK = np.arange(9)
 _TAIL = np.arange(-4, 0)
 _HTTP_RESPONSE = np.frombuffer(b"HTTP/", dtype=np.uint8)
@@ -150,13 +150,12 @@ class HeadSelector:
         if not data:  # no frames, or only empty ones: nothing to fold
             return list(range(n)), Runs.none()
         b = np.frombuffer(data, dtype=np.uint8)
-        last_byte = len(b) - 1
         ts = m[:, 0] + m[:, 1] * 1e-6
         off = m[:, 2].astype(np.int64)
         caplen = m[:, 3].astype(np.int64)
         l3 = off + self.l2
         if self.linktype == 1:
-            link = b[np.minimum(off[:, None] + _LINK, last_byte)].astype(np.int64)
+            link = np.take(b, off[:, None] + _LINK, mode="clip").astype(np.int64)
             tagged = np.isin((link[:, 0] << 8) | link[:, 1], _VLAN_TYPES)
             l3 += tagged * 4
             ipv4 = np.where(tagged, (link[:, 4] << 8) | link[:, 5], (link[:, 0] << 8) | link[:, 1]) == 0x0800
@@ -164,11 +163,11 @@ class HeadSelector:
             at, marks = _IPV4_MARKS.get(self.linktype, (0, ()))
             ipv4 = np.ones(n, dtype=bool) if not marks else np.zeros(n, dtype=bool)
             for mark in marks:
-                field = b[np.minimum(off[:, None] + at + np.arange(len(mark)), last_byte)]
+                field = np.take(b, off[:, None] + at + np.arange(len(mark)), mode="clip")
                 ipv4 |= (field == np.frombuffer(mark, dtype=np.uint8)).all(axis=1)
         # The IPv4 and TCP/UDP headers without options, and the first payload bytes, as
         # rows (a frame cut short reads bytes of the next one: it is not "plain" below).
-        w = b[np.minimum(l3[:, None] + _HEADERS, last_byte)]
+        w = np.take(b, l3[:, None] + _HEADERS, mode="clip")
         total = (w[:, 2].astype(np.int64) << 8) | w[:, 3]
         proto = w[:, 9].astype(np.int64)
         ports = _be32(w, 20)
@@ -192,8 +191,7 @@ class HeadSelector:
         )
         pay = np.where(plain, pay, 0)
         start = l3 + 20 + hlen
-        peek = b[np.minimum(start[:, None] + _PEEK, last_byte)]
-        tail = b[np.minimum((start + pay)[:, None] + _TAIL, last_byte)]
+        first_byte = np.take(b, start, mode="clip")
         key = ((_be32(w, 12).astype(np.uint64) << np.uint64(32)) | _be32(w, 16).astype(np.uint64)) * _M1
         key ^= ((ports.astype(np.uint64) << np.uint64(8)) | proto.astype(np.uint64)) * _M2
         key ^= key >> np.uint64(31)
@@ -243,7 +241,11 @@ class HeadSelector:
         rel = (seq - base[seg, 1]) & 0xFFFFFFFF
         # The packet at the stream's start tells how much of it the pipeline needs.
         opens = carrying & (rel == 0) & (base[seg, 2] < 0)
-        base[seg[opens], 2] = self._stream_limits(peek[order][opens], tail[order][opens], p[opens])
+        if opens.any():
+            at_open = order[opens]  # only these frames' first and last payload bytes are read
+            peek = np.take(b, start[at_open, None] + _PEEK, mode="clip")
+            tail = np.take(b, (start + pay)[at_open, None] + _TAIL, mode="clip")
+            base[seg[opens], 2] = self._stream_limits(peek, tail, p[opens])
         need = np.where(base[seg, 2] < 0, self.inspect_bytes, base[seg, 2])
         is_tcp = tcp[order]
         admit_sorted = (
@@ -252,7 +254,7 @@ class HeadSelector:
             | np.where(
                 is_tcp,
                 (rank < TCP_HEAD) | (carrying & ((rel < need) | (rel >= _BEFORE_START))),
-                (rank < UDP_HEAD) | ((rank < UDP_HANDSHAKE) & ((peek[order][:, 0] & 0x80) != 0)),
+                (rank < UDP_HEAD) | ((rank < UDP_HANDSHAKE) & ((first_byte[order] & 0x80) != 0)),
             )
         )
         self._keep(uniq, heads, n, rank, base, seg, t)
@@ -285,10 +287,9 @@ class HeadSelector:
         ends[-1] = n - 1
         last = base[seg[ends]]
         state = self._state
-        for h, r, s0, lim, at in zip(
-            uniq, (rank[ends] + 1).tolist(), last[:, 1].tolist(), last[:, 2].tolist(), t[ends].tolist()
-        ):
-            state[h] = (r, s0, lim, at)
+        state.update(
+            zip(uniq, zip((rank[ends] + 1).tolist(), last[:, 1].tolist(), last[:, 2].tolist(), t[ends].tolist()))
+        )
         now = float(t[ends].max())
         if len(state) > self.max_states:
             self._state = dict(sorted(state.items(), key=lambda kv: kv[1][3])[len(state) // 2 :])
