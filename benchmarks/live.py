@@ -100,7 +100,7 @@ class Step:
     expected_ai_flows: int  # truth AI flows that start before the cut minus MARGIN_S
     borderline_ai_flows: int  # ... that start within MARGIN_S of the cut (may or may not count)
     load_avg: float
-    daemon_cores: float  # CPU time of the daemon's processes during the replay / its length
+    daemon_cores: float  # CPU time the daemon's processes took during the replay / its length
     ok: bool
 
 
