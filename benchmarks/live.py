@@ -9,7 +9,9 @@ the other. The namespaces have no other interface and no route: the 10.x/104.x a
 the frames only ever travel the veth. Per rate the daemon is started afresh (so its counters
 are per step) and tcpreplay sends the start of the mix, as many packets as `--seconds` hold
 at that rate (`--mbps=R --limit=N --preload-pcap`); once the daemon has reported its flows,
-its /metrics are read and it is stopped.
+its /metrics are read and it is stopped. The daemon writes its events to a DuckDB file (with
+client addresses in the clear): the truth's AI flows it never stored, not even when SIGTERM
+flushed its open flows, are listed per step.
 
 A step passes when shadowai_capture_kernel_drops_total is 0 and shadowai_ai_flows_total
 reaches the number of the truth's AI flows that start in the part sent (flows that start in
@@ -33,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +47,13 @@ from benchmarks.mix import (
     Mix,
     MixParams,
     ensure_mix,
+    flow_key,
     iso_seconds,
     load_matcher,
     machine,
     record_time,
     result_path,
+    truth_ai_flows,
     truth_records,
 )
 
@@ -102,6 +106,9 @@ class Step:
     load_avg: float
     daemon_cores: float  # CPU time the daemon's processes took during the replay / its length
     ok: bool
+    # Truth AI flows of the part sent (before its last MARGIN_S) that the daemon never
+    # stored, not even when SIGTERM flushed its open flows: "client server:port name (evidence)".
+    missed: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -109,11 +116,20 @@ class Expectation:
     """The truth's AI flows by start time, and how many a prefix of the mix must hold."""
 
     starts: list[float]  # sorted flow start times (POSIX s)
+    flows: dict[tuple, dict[str, Any]] = field(default_factory=dict)  # mix.truth_ai_flows
 
     def within(self, cut: float) -> tuple[int, int]:
         """(sure, borderline) for a prefix whose last packet is at `cut`."""
         sure = bisect.bisect_left(self.starts, cut - MARGIN_S)
         return sure, bisect.bisect_left(self.starts, cut) - sure
+
+    def missed(self, cut: float, stored: set[tuple]) -> list[str]:
+        """The sure flows of a prefix (see `within`) whose key the daemon never stored."""
+        return sorted(
+            f"{k[0]} {k[1]}:{k[2]} {k[3]} ({r['evidence']})"
+            for k, r in self.flows.items()
+            if k not in stored and iso_seconds(r["ts"]) < cut - MARGIN_S
+        )
 
 
 def parse_tcpreplay(text: str) -> Replay:
@@ -219,12 +235,17 @@ class Daemon:
     def __init__(self, veth: Veth, workdir: Path, workers: int | None) -> None:
         self.veth = veth
         cfg = workdir / "shadowai.yaml"
+        self.db = workdir / "events.duckdb"
+        self.db.unlink(missing_ok=True)
+        # A real database, as a sensor runs, with addresses in the clear so that the events
+        # can be compared with the truth.
         cfg.write_text(
             "sensor: {name: bench-live}\n"
-            f"privacy: {{key_file: {workdir / 'key'}}}\n"
+            f"privacy: {{key_file: {workdir / 'key'}, raw_clients: true}}\n"
+            f"store: {{path: {self.db}}}\n"
             f"flows: {{idle_timeout: {IDLE_TIMEOUT_S}, linger: {LINGER_S}}}\n"
         )
-        argv = [sys.executable, "-m", "detector", "run", "--config", str(cfg), "--interface", veth.cap, "--no-db",
+        argv = [sys.executable, "-m", "detector", "run", "--config", str(cfg), "--interface", veth.cap,
                 "--metrics-listen", f"127.0.0.1:{METRICS_PORT}"]  # fmt: skip
         if workers:
             argv += ["--workers", str(workers)]
@@ -259,6 +280,19 @@ class Daemon:
                 self.proc.wait()
         self.log.close()
 
+    def stored_flows(self) -> set[tuple]:
+        """The AI flows in its database (after it stopped), keyed like the truth's."""
+        import duckdb
+
+        con = duckdb.connect(str(self.db), read_only=True)
+        try:
+            rows = con.execute(
+                "SELECT client, server_ip, server_port, server_name FROM events WHERE kind = 'flow' AND service <> ''"
+            ).fetchall()
+        finally:
+            con.close()
+        return {flow_key(*row) for row in rows}
+
     def output(self) -> str:
         """The end of the daemon's log."""
         self.log.flush()
@@ -279,7 +313,8 @@ def run_step(
     reported, read /metrics."""
     total = mix.info["packets"]
     limit = min(total, math.ceil(rate * 1e6 / 8 * seconds / (mix.info["bytes"] / total)))
-    sure, borderline = want.within(record_time(mix.pcap, limit) if limit < total else math.inf)
+    cut = record_time(mix.pcap, limit) if limit < total else math.inf
+    sure, borderline = want.within(cut)
     daemon = Daemon(veth, workdir, workers)
     try:
         budget = seconds * 3 + 120  # preloading plus a replay three times slower than asked
@@ -305,7 +340,8 @@ def run_step(
     flows = int(metric_sum(text, "shadowai_ai_flows_total"))
     return Step(rate, replay.mbps, replay.pps, replay.seconds, replay.packets, replay.failed,
                 int(metric_sum(text, "shadowai_capture_packets_total")), drops, flows, sure, borderline,
-                round(load, 2), round(cores, 2), ok=drops == 0 and flows >= sure and replay.packets == limit)  # fmt: skip
+                round(load, 2), round(cores, 2), ok=drops == 0 and flows >= sure and replay.packets == limit,
+                missed=want.missed(cut, daemon.stored_flows()))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         mix = ensure_mix(MixParams(packets=a.packets, clients=a.clients, seed=a.seed), a.data_dir, log)
         matcher = load_matcher()
         want = Expectation(sorted(iso_seconds(r["ts"]) for r in truth_records(mix.truth)
-                                  if r["kind"] == "flow" and r["name"] and matcher.match(r["name"])))  # fmt: skip
+                                  if r["kind"] == "flow" and r["name"] and matcher.match(r["name"])),
+                           truth_ai_flows(mix.truth, matcher))  # fmt: skip
         log(
             f"live: {mix.info['packets']:,} packets / {mix.info['bytes'] / 1e6:.0f} MB, {len(want.starts)} AI flows, "
             f"rates {rates} Mbit/s for up to {a.seconds:g} s each, "
@@ -364,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{step.kernel_drops:,} kernel drops, AI flows {step.ai_flows}/{step.expected_ai_flows} "
                 f"{'ok' if step.ok else 'FAIL'} (daemon {step.daemon_cores} cores, load {step.load_avg})"
             )
+            for flow in step.missed[:10]:
+                log(f"    never stored: {flow}")
     finally:
         veth.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -139,6 +139,24 @@ def test_daemon_cpu_counts_its_busy_children_and_not_other_processes() -> None:
     assert 0.4 <= used < 0.9
 
 
+def test_missed_flows_are_the_sure_ones_the_daemon_never_stored() -> None:
+    def flow(ts: str, evidence: str) -> dict:
+        return {"ts": ts, "evidence": evidence}
+
+    stored = ("10.0.0.1", "104.18.0.1", 443, "chatgpt.com")
+    lost = ("10.0.0.2", "104.18.0.1", 443, "chatgpt.com")
+    late = ("10.0.0.3", "104.18.0.1", 443, "claude.ai")
+    flows = {
+        stored: flow("2026-11-29T10:00:00Z", "tls-sni"),
+        lost: flow("2026-11-29T10:00:01Z", "quic-sni"),
+        late: flow("2026-11-29T10:00:09Z", "tls-sni"),
+    }
+    want = live.Expectation(sorted(live.iso_seconds(r["ts"]) for r in flows.values()), flows)
+    cut = live.iso_seconds("2026-11-29T10:00:10Z")  # `late` starts within MARGIN_S of the cut
+    assert want.missed(cut, {stored}) == ["10.0.0.2 104.18.0.1:443 chatgpt.com (quic-sni)"]
+    assert want.missed(cut, {stored, lost}) == []
+
+
 def test_live_harness_says_why_it_cannot_run_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert "needs root" in (live.why_not() or "")
@@ -160,4 +178,5 @@ def test_live_harness_sends_a_tiny_mix_over_a_veth_pair(data_dir: Path, tmp_path
     (step,) = doc["steps"]
     assert step["requested_mbps"] == 20 and step["sent"] == doc["mix"]["packets"] and step["failed"] == 0
     assert step["captured"] > 0 and step["expected_ai_flows"] > 0
+    assert step["missed"] == []  # every AI flow of the mix is in the daemon's database
     assert "| requested Mbit/s" in r.stdout
