@@ -1,6 +1,8 @@
 """Run inside a network namespace made by test_fanout.py: two capture handles in one fanout
 group on one end of a veth pair, frames of many clients sent into the other end; prints,
-as JSON, which handle each client's frames reached."""
+as JSON, which handle each client's frames reached. With the argument `filters`: sets
+bulk-drop lists on a live handle instead, each after a line `list NAME` on stderr, where
+libpcap warns when the kernel refuses a program."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path as FsPath
 
 sys.path.insert(0, str(FsPath(__file__).resolve().parents[2]))
 
-from detector.capture.live import LiveInterface  # noqa: E402
+from detector.capture.live import MAX_FILTER_FLOWS, LiveInterface, prefilter  # noqa: E402
 from detector.decode.net import decode_frame  # noqa: E402
 from detector.model import L4Packet  # noqa: E402
 from detector.synth import builders as b  # noqa: E402
@@ -55,12 +57,31 @@ def client_frames(i: int) -> tuple[str, list[bytes]]:
     return client, frames
 
 
+def filter_lists() -> dict[str, list[tuple[str, int, str, int]]]:
+    """Full bulk lists of each address family and mixed, and one too long for the kernel."""
+    v4 = [(f"104.18.{i // 250}.{i % 250 + 1}", 443, f"10.10.{i % 7}.{i % 200 + 1}", 40000 + i) for i in range(64)]
+    v6 = [(f"2001:db8::{i:x}", 443, "2001:db8:1::10", 40000 + i) for i in range(64)]
+    n = MAX_FILTER_FLOWS
+    return {"ipv4": v4[:n], "ipv6": v6[:n], "mixed": v4[: n // 2] + v6[: n - n // 2], "too long": v4}
+
+
+def set_filters() -> None:
+    handle = LiveInterface("fo1", snaplen=2048, promiscuous=True, buffer_mib=4, bpf="")
+    for name, flows in filter_lists().items():
+        print(f"list {name}", file=sys.stderr, flush=True)
+        handle.set_filter(prefilter(flows))
+    handle.close()
+
+
 def main() -> None:
     subprocess.run(["ip", "link", "add", "fo0", "type", "veth", "peer", "name", "fo1"], check=True)
     for dev in ("fo0", "fo1"):
         # No IPv6 on the pair: no router solicitations of its own among the frames.
         subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1"], check=True)
         subprocess.run(["ip", "link", "set", dev, "up", "mtu", "9000"], check=True)
+    if sys.argv[1:] == ["filters"]:
+        set_filters()
+        return
     handles = [LiveInterface("fo1", snaplen=9000, promiscuous=True, buffer_mib=4, bpf="") for _ in range(2)]
     for h in handles:
         h.join_fanout(4242)

@@ -1,5 +1,6 @@
 """The fanout program in the kernel: two capture handles in one group on a veth pair in a
-network namespace made here, frames of 120 clients sent into the pair (see _fanout_probe)."""
+network namespace made here, frames of 120 clients sent into the pair (see _fanout_probe);
+and the bulk-drop filter's full list, which the kernel must accept on a live handle."""
 
 from __future__ import annotations
 

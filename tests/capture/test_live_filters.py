@@ -40,7 +40,7 @@ def test_bulk_flow_loses_only_its_downloads_and_other_flows_keep_theirs() -> Non
     assert _admits(other, frames["tls download"])
 
 
-def test_no_bulk_flows_means_no_filter_and_a_full_list_fits_the_kernel() -> None:
+def test_no_bulk_flows_means_no_filter_and_a_full_list_compiles_within_the_instruction_limit() -> None:
     assert prefilter() == ""
     many = [(f"2001:db8::{i:x}", 443, "2001:db8:1::10", 40000 + i) for i in range(MAX_FILTER_FLOWS)]
     program = pcapy.compile(pcapy.DLT_EN10MB, 65535, prefilter(many), 1, 0)
