@@ -130,6 +130,10 @@ def connect(path: Path, *, read_only: bool, timeout: float = LOCK_TIMEOUT_SECOND
             delay = min(delay * 2, _BACKOFF_MAX_SECONDS)
             continue
         con.execute("SET TimeZone = 'UTC'")
+        if not read_only:
+            # A batch write is a few thousand rows: DuckDB's worker threads buy it nothing and,
+            # beside busy capture workers, only take their cores.
+            con.execute("SET threads = 1")
         return con
 
 
@@ -766,11 +770,16 @@ class BatchWriter:
                 return
 
     def _drain(self, final: bool) -> None:
-        """Write what is queued in max_batch chunks; stop at the first failure unless final."""
+        """Write what was queued when the round began, in max_batch chunks (all of it when
+        final); stop at the first failure unless final. Events that arrive meanwhile wait
+        for the next round: a batch costs ~0.1 s however small, so a steady trickle must not
+        keep the writer in a loop of tiny batches."""
         queue = self._queue
-        while queue:
+        left = len(queue)
+        while queue and (left > 0 or final):
             popleft = queue.popleft
             batch = [popleft() for _ in range(min(len(queue), self.max_batch))]
+            left -= len(batch)
             if not self._write(batch) and not final:
                 return
 

@@ -358,6 +358,23 @@ def test_batch_writer_flushes_on_its_interval(db: Path) -> None:
     assert query(db, "SELECT count(*) FROM events") == [(25,)]
 
 
+def test_batch_writer_writes_a_steady_trickle_once_per_interval_not_in_a_loop_of_tiny_batches(db: Path) -> None:
+    # A batch costs ~0.1 s however small: events arriving during one must wait for the next
+    # round, else the writer never rests while a sensor sends a few events a second.
+    writer = BatchWriter(Store(db), flush_interval=1.0, clock=may_2024).start()
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 3.0:
+            writer.put(make_event())
+            time.sleep(0.005)
+        writer.flush(timeout=30)
+        rounds = writer.writes_total
+    finally:
+        writer.close()
+    assert rounds <= 6  # 3 s at one round a second (and the flush), not one batch per write time
+    assert writer.dropped == 0 and query(db, "SELECT count(*) FROM events")[0][0] == writer.events_written
+
+
 def test_batch_writer_flushes_at_max_batch_before_the_interval(db: Path) -> None:
     writer = BatchWriter(Store(db), flush_interval=3600, max_batch=50, clock=may_2024).start()
     try:
