@@ -23,10 +23,10 @@ import socket
 import struct
 
 # linux/filter.h and linux/bpf_common.h: classic BPF opcodes
-_LD, _LDX, _ST, _ALU, _JMP, _RET, _MISC = 0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x07
+_LD, _LDX, _ST, _STX, _ALU, _JMP, _RET, _MISC = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
 _W, _H, _B = 0x00, 0x08, 0x10
-_IMM, _ABS, _IND, _MEM, _MSH = 0x00, 0x20, 0x40, 0x60, 0xA0
-_AND, _LSH, _RSH, _XOR = 0x50, 0x60, 0x70, 0xA0
+_IMM, _ABS, _IND, _MEM = 0x00, 0x20, 0x40, 0x60
+_ADD, _AND, _LSH, _RSH, _XOR = 0x00, 0x50, 0x60, 0x70, 0xA0
 _JA, _JEQ, _JGT, _JSET = 0x00, 0x10, 0x20, 0x40
 _K, _X = 0x00, 0x08
 _RET_A = 0x10
@@ -86,7 +86,7 @@ def _program() -> list[_Insn | str]:
         (_LD | _H | _ABS, _net(2), None, None),
         (_LDX | _IMM, 4, None, None),
         "untagged",
-        (0x03, _IP_AT, None, None),  # stx M[0]
+        (_STX, _IP_AT, None, None),
         (_JMP | _JEQ | _K, 0x0800, "v4", None),
         (_JMP | _JEQ | _K, 0x86DD, "v6", None),
         (_RET | _K, 0, None, None),
@@ -100,7 +100,7 @@ def _program() -> list[_Insn | str]:
         (_LD | _B | _IND, _net(0), None, None),
         (_ALU | _AND | _K, 0x0F, None, None),
         (_ALU | _LSH | _K, 2, None, None),
-        (_ALU | 0x00 | _X, 0, None, None),  # add x: past the IPv4 header and any tag
+        (_ALU | _ADD | _X, 0, None, None),  # past the IPv4 header and any tag
         (_MISC | _TAX, 0, None, None),
         (_LD | _H | _IND, _net(0), None, None),
         (_ST, _T1, None, None),

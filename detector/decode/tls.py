@@ -309,9 +309,7 @@ def _parse_body(hs: bytes, end: int, transport: str, ja4: bool) -> ClientHello:
         raise DecodeError(SESSION_ID_TOO_LONG)
     pos += 35 + sid_len
     start, pos = _vector(hs, pos, end, 2, BODY_TRUNCATED, CIPHER_SUITES_MALFORMED)
-    if (pos - start) & 1:
-        raise DecodeError(CIPHER_SUITES_MALFORMED)
-    ciphers = list(unpack_from(f"!{(pos - start) >> 1}H", hs, start)) if ja4 else []
+    ciphers = _u16s(hs, start, pos, CIPHER_SUITES_MALFORMED, ja4)
     pos = _vector(hs, pos, end, 1, BODY_TRUNCATED, COMPRESSION_MALFORMED)[1]
     exts = _Extensions()
     if pos < end:  # extensions are optional before TLS 1.3 (RFC 5246 §7.4.1.2)
@@ -349,11 +347,12 @@ def _vector(hs: bytes, pos: int, end: int, width: int, short: Anomaly, overflow:
     return start, stop
 
 
-def _u16s(hs: bytes, start: int, stop: int, error: Anomaly) -> list[int]:
-    """hs[start:stop] as big-endian u16 values; an odd length raises `error`."""
+def _u16s(hs: bytes, start: int, stop: int, error: Anomaly, build: bool = True) -> list[int]:
+    """hs[start:stop] as big-endian u16 values; an odd length raises `error`. Without
+    `build` the length is only checked and [] returned."""
     if (stop - start) & 1:
         raise DecodeError(error)
-    return list(unpack_from(f"!{(stop - start) >> 1}H", hs, start))
+    return list(unpack_from(f"!{(stop - start) >> 1}H", hs, start)) if build else []
 
 
 class _Extensions:
@@ -407,9 +406,7 @@ class _Extensions:
         elif etype == EXT_SUPPORTED_VERSIONS:
             self.versions = _u16s(hs, *_whole(hs, start, end, 1, VERSIONS_MALFORMED), VERSIONS_MALFORMED)
         else:
-            values = _u16s(hs, *_whole(hs, start, end, 2, SIGALGS_MALFORMED), SIGALGS_MALFORMED)
-            if ja4:
-                self.sigalgs = values
+            self.sigalgs = _u16s(hs, *_whole(hs, start, end, 2, SIGALGS_MALFORMED), SIGALGS_MALFORMED, ja4)
 
 
 def _first_duplicate(types: list[int]) -> int:

@@ -130,10 +130,6 @@ def connect(path: Path, *, read_only: bool, timeout: float = LOCK_TIMEOUT_SECOND
             delay = min(delay * 2, _BACKOFF_MAX_SECONDS)
             continue
         con.execute("SET TimeZone = 'UTC'")
-        if not read_only:
-            # A batch write is a few thousand rows: DuckDB's worker threads buy it nothing and,
-            # beside busy capture workers, only take their cores.
-            con.execute("SET threads = 1")
         return con
 
 
@@ -456,6 +452,10 @@ class Store:
         if not self._open:
             raise StoreError("Store is not open: call open() or use it as a context manager")
         with self._connection() as con:
+            # A write (an event batch, retention, a run record) touches a few thousand rows:
+            # DuckDB's worker threads buy it nothing and, beside busy capture workers, only
+            # take their cores.
+            con.execute("SET threads = 1")
             check_schema(con, self.path)
             con.begin()
             try:
