@@ -87,10 +87,10 @@ class Coordinator(Daemon):
         return out
 
     def table_sizes(self) -> tuple[int, int]:
-        """Flow-table and DNS-cache entries, summed over the workers."""
-        flows = sum(s.get("_tables", (0, 0))[0] for s in self._snapshots.values())
-        dns = max((s.get("_tables", (0, 0))[1] for s in self._snapshots.values()), default=0)
-        return flows, dns
+        """Flow-table and DNS-cache entries, summed over the workers (each holds its own
+        clients' flows and answers)."""
+        sizes = [s.get("_tables", (0, 0)) for s in self._snapshots.values()]
+        return sum(flows for flows, _ in sizes), sum(dns for _, dns in sizes)
 
     def _sum_stats(self) -> None:
         total = Stats()
