@@ -20,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from detector.app import build_classifier
-from detector.capture.live import MAX_FILTER_FLOWS, CaptureSetupError, LiveInterface, prefilter
+from detector.capture.bulk_filter import MAX_FILTER_FLOWS, BulkFlow
+from detector.capture.live import CaptureSetupError, LiveInterface
 from detector.capture.pcapfile import iter_frames
 from detector.config import Config, state_path
 from detector.fastpath import PYTHON_UDP_PORTS
@@ -45,9 +46,9 @@ QUIET_MARGIN_SECONDS = 2.0
 MAX_DRAIN_BATCHES = 1000
 # How often the sensor's own health (drops, blind share) is judged for the SOC.
 HEALTH_SECONDS = 10.0
-# Filter updates (each compiles a program: a quarter of a second for a full bulk list, which
-# stalls the worker) may take at most this share of its time; at least a second apart.
-FILTER_UPDATE_SHARE = 0.005
+# Bulk-filter updates are batched, at most this often: a flow joins the list after
+# BULK_PACKETS packets, so a second's delay costs little, and each update makes the kernel
+# check and compile a program of up to a few thousand instructions.
 FILTER_UPDATE_SECONDS = 1.0
 
 
@@ -147,11 +148,11 @@ class BulkFlows:
     """
 
     def __init__(self, limit: int = MAX_FILTER_FLOWS) -> None:
-        self._flows: OrderedDict[tuple[bytes, int, bytes, int], None] = OrderedDict()
+        self._flows: OrderedDict[BulkFlow, None] = OrderedDict()
         self.limit = limit
         self.changed = False
 
-    def add(self, key: tuple[bytes, int, bytes, int]) -> None:
+    def add(self, key: BulkFlow) -> None:
         """Start dropping the downloads of this (server, port, client, port) flow."""
         flows = self._flows
         if key in flows:
@@ -161,17 +162,20 @@ class BulkFlows:
             flows.popitem(last=False)
         self.changed = True
 
-    def discard(self, key: tuple[bytes, int, bytes, int]) -> None:
+    def discard(self, key: BulkFlow) -> None:
         """The flow ended: forget it."""
         if self._flows.pop(key, 0) is None:
             self.changed = True
 
-    def texts(self) -> list[tuple[str, int, str, int]]:
-        """The flows as text for a filter expression."""
-        fam = {4: socket.AF_INET, 16: socket.AF_INET6}
-        return [
-            (socket.inet_ntop(fam[len(s)], s), sp, socket.inet_ntop(fam[len(c)], c), cp) for s, sp, c, cp in self._flows
-        ]
+    def flows(self) -> list[BulkFlow]:
+        """The flows, oldest first."""
+        return list(self._flows)
+
+    def shrink(self, limit: int) -> None:
+        """Hold at most `limit` flows from now on (the kernel took no more), the newest."""
+        self.limit = limit
+        while len(self._flows) > limit:
+            self._flows.popitem(last=False)
 
 
 class Daemon:
@@ -300,11 +304,8 @@ class Daemon:
             # A worker gets whole clients (their flows and their DNS), so its DNS cache
             # names its own flows and it reports its own clients' lookups.
             iface.join_fanout(self.worker[1])
-        bpf = cfg.bpf
-        if bpf == "auto":
-            bpf = prefilter(ethernet=iface.linktype == 1)  # admits all until flows are known
-        if bpf:
-            iface.set_filter(bpf)
+        if cfg.bpf and cfg.bpf != "auto":
+            iface.set_filter(cfg.bpf)
         self._live.append(iface)
         kind = _kind(iface)
         self._readers.append(
@@ -436,19 +437,23 @@ class Daemon:
             self.on_housekeeping()
 
     def _update_filters(self) -> None:
-        """Put the current bulk flows into every interface's kernel filter (batched: each
-        update compiles a program of up to MAX_FILTER_FLOWS flows, a quarter of a second's
-        work, which always fits the kernel: see tests/capture/test_live_filters.py)."""
+        """Put the current bulk flows into every interface's kernel filter (batched, at
+        most every FILTER_UPDATE_SECONDS)."""
         self.bulk.changed = False
-        started = time.monotonic()
+        self._filters_next = time.monotonic() + FILTER_UPDATE_SECONDS
+        flows = self.bulk.flows()
         for iface in self._live:
-            expression = prefilter(self.bulk.texts(), ethernet=iface.linktype == 1)
             try:
-                iface.set_filter(expression)
+                held = iface.drop_flows(flows)
             except CaptureSetupError as exc:
                 log.error("%s", exc)
-        took = time.monotonic() - started
-        self._filters_next = started + max(FILTER_UPDATE_SECONDS, took / FILTER_UPDATE_SHARE)
+                continue
+            if held < len(flows):
+                log.warning(
+                    "%s: the kernel holds a bulk filter of %d flows, not %d (raise net.core.optmem_max for more)",
+                    iface.name, held, len(flows),
+                )  # fmt: skip
+                self.bulk.shrink(held)
 
     def _replay_finished(self) -> None:
         log.info("replay finished: %d packets, %d events", self.stats.packets, self.stats.events)

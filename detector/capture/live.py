@@ -1,4 +1,5 @@
-"""Live capture from mirror-port interfaces through libpcap (pcapy-ng), with a kernel prefilter.
+"""Live capture from mirror-port interfaces through libpcap (pcapy-ng), with a kernel prefilter
+(capture.bulk_filter).
 
 Why libpcap through pcapy-ng rather than a raw AF_PACKET socket of our own: libpcap gives
 TPACKET_V3 memory-mapped rings, the BPF compiler for the operator's own filter expressions,
@@ -8,16 +9,20 @@ whole batch per call, so the per-packet crossing into Python is one slice, not o
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pcapy
 
+from detector.capture import bulk_filter, cbpf
 from detector.capture import fanout_program as fanout
+from detector.capture.bulk_filter import BulkFlow
 
 # Packets per `next_batch` call: large enough to amortise the call, small enough that a
 # quiet link still delivers promptly (the read timeout below bounds the wait).
@@ -33,16 +38,8 @@ WINDOW_SECONDS = 0.25
 # linux/if_packet.h: reassemble IPv4 fragments before fanout (and before the filter).
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 
-# The kernel's limit on a classic BPF program (BPF_MAXINSNS).
-MAX_BPF_INSNS = 4096
-# Flows in the bulk-drop list of `prefilter`, so that the program always fits the kernel. On
-# a live Linux handle libpcap tests VLAN tags both in the packet's metadata and in-band, so
-# the program is about a third longer than an offline compile says (an IPv6 flow ~60
-# instructions offline): 59 IPv4 flows already exceed BPF_MAXINSNS there, and the kernel
-# refuses the program, which libpcap then runs in user space on every packet (slow, and
-# nothing is dropped in the kernel). 48 flows of either family fit, with room to spare
-# (tests/capture/test_fanout.py attaches a full list on a live handle).
-MAX_FILTER_FLOWS = 48
+# linux/asm-generic/socket.h
+SO_ATTACH_FILTER = 26
 
 
 class CaptureSetupError(Exception):
@@ -58,47 +55,11 @@ class InterfaceStats:
     interface_drops: int = 0
 
 
-# One flow of the bulk list: (server address, server port, client address, client port).
-BulkFlow = tuple[str, int, str, int]
-
-
-def prefilter(bulk_flows: Iterable[BulkFlow] = (), *, ethernet: bool = True) -> str:
-    """The sensor's own BPF prefilter ("auto"), as a tcpdump expression.
-
-    It drops only what is proven useless: the server→client data segments (TCP without
-    SYN/FIN/RST, QUIC short headers) of `bulk_flows`, flows that were named, found to be no
-    AI service, resolver or candidate, and kept on downloading. It names whole 5-tuples, not
-    servers: a new flow to the same (shared, CDN) address is admitted whole until it is
-    known not to matter, so no AI flow ever loses a packet to the filter. Names, handshakes,
-    uploads, DNS and flow ends are always admitted. An empty list admits everything.
-
-    The whole expression is built here because libpcap's `vlan` keyword shifts the offsets
-    of everything after it: it must come last, once.
-    """
-    flows = sorted(set(bulk_flows))
-    if not flows:
-        return ""
-    data = (
-        "((tcp and tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) == 0)"
-        " or (ip and udp and udp[8] & 0x80 == 0)"
-        " or (ip6 and ip6[6] == 17 and ip6[48] & 0x80 == 0))"
-    )
-    each = " or ".join(
-        f"(src host {srv} and src port {sport} and dst host {cli} and dst port {cport})"
-        for srv, sport, cli, cport in flows
-    )
-    drop = f"({data} and ({each}))"
-    # A filter for another link type than Ethernet must not mention VLAN tags (libpcap
-    # rejects the expression), hence `ethernet`.
-    return f"not (({drop}) or (vlan and ({drop})))" if ethernet else f"not ({drop})"
-
-
 class LiveInterface:
     """One promiscuous capture handle; `read()` returns a batch of frames."""
 
     def __init__(self, name: str, *, snaplen: int, promiscuous: bool, buffer_mib: int, bpf: str) -> None:
         self.name = name
-        self.bpf = bpf
         self._lock = threading.Lock()
         try:
             cap = pcapy.create(name)
@@ -120,13 +81,31 @@ class LiveInterface:
             self.set_filter(bpf)
 
     def set_filter(self, expression: str) -> None:
-        """Replace the kernel filter (atomic in the kernel; packets already queued stay)."""
+        """Set the operator's own filter, a tcpdump expression, compiled by libpcap for this
+        handle. Only at start: libpcap attaches a reject-all program while it swaps in the
+        new one, and what arrives meanwhile is lost uncounted."""
         try:
             with self._lock:
                 self._cap.setfilter(expression)
         except pcapy.PcapError as exc:
             raise CaptureSetupError(f"{self.name}: bad capture filter: {exc}") from None
-        self.bpf = expression
+
+    def drop_flows(self, flows: Sequence[BulkFlow]) -> int:
+        """Make the kernel filter drop the downloads of `flows` (capture.bulk_filter), oldest
+        first. The kernel swaps the program atomically: no packet is lost to an update, as
+        one is to libpcap's `set_filter`. When the kernel refuses a long program for the
+        socket's option memory (net.core.optmem_max, 20 KiB on older kernels), the newest
+        flows that fit are kept. Returns how many flows the filter holds."""
+        flows = list(flows)
+        while True:
+            try:
+                with self._lock:
+                    cbpf.set_program(self._cap.getfd(), socket.SOL_SOCKET, SO_ATTACH_FILTER, bulk_filter.program(flows))
+                return len(flows)
+            except OSError as exc:
+                if exc.errno != errno.ENOMEM or not flows:
+                    raise CaptureSetupError(f"{self.name}: kernel refused the bulk filter: {exc.strerror}") from None
+                flows = flows[len(flows) // 2 + 1 :]
 
     def join_fanout(self, group: int) -> None:
         """Share this interface's packets with the other handles of `group`, by client: all

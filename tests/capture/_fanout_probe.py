@@ -1,8 +1,7 @@
 """Run inside a network namespace made by test_fanout.py: two capture handles in one fanout
 group on one end of a veth pair, frames of many clients sent into the other end; prints,
-as JSON, which handle each client's frames reached. With the argument `filters`: sets
-bulk-drop lists on a live handle instead, each after a line `list NAME` on stderr, where
-libpcap warns when the kernel refuses a program."""
+as JSON, which handle each client's frames reached. With the argument `filters`: a full
+bulk-drop list on a live handle instead, and how often each frame of `filter_cases` arrived."""
 
 from __future__ import annotations
 
@@ -15,7 +14,8 @@ from pathlib import Path as FsPath
 
 sys.path.insert(0, str(FsPath(__file__).resolve().parents[2]))
 
-from detector.capture.live import MAX_FILTER_FLOWS, LiveInterface, prefilter  # noqa: E402
+from detector.capture.bulk_filter import MAX_FILTER_FLOWS  # noqa: E402
+from detector.capture.live import LiveInterface  # noqa: E402
 from detector.decode.net import decode_frame  # noqa: E402
 from detector.model import L4Packet  # noqa: E402
 from detector.synth import builders as b  # noqa: E402
@@ -57,20 +57,57 @@ def client_frames(i: int) -> tuple[str, list[bytes]]:
     return client, frames
 
 
-def filter_lists() -> dict[str, list[tuple[str, int, str, int]]]:
-    """Full bulk lists of each address family and mixed, and one too long for the kernel."""
-    v4 = [(f"104.18.{i // 250}.{i % 250 + 1}", 443, f"10.10.{i % 7}.{i % 200 + 1}", 40000 + i) for i in range(64)]
-    v6 = [(f"2001:db8::{i:x}", 443, "2001:db8:1::10", 40000 + i) for i in range(64)]
+def filter_cases() -> tuple[list[tuple[bytes, int, bytes, int]], dict[str, bytes]]:
+    """A full bulk list (half IPv4, half IPv6), and frames named by what the filter must do
+    with them: "drop ..." or "keep ...", for a flow at the start and at the end of the list,
+    untagged, behind one VLAN tag and behind two. Each listed flow runs from port 443 to
+    its client port 50000 + i; payload sizes tell the frames apart."""
     n = MAX_FILTER_FLOWS
-    return {"ipv4": v4[:n], "ipv6": v6[:n], "mixed": v4[: n // 2] + v6[: n - n // 2], "too long": v4}
+    v4 = [(b.ip_bytes(f"104.18.{i // 250}.{i % 250 + 1}"), 443, b.ip_bytes(f"10.20.{i % 7}.{i % 200 + 1}"), 50000 + i)
+          for i in range(n // 2)]  # fmt: skip
+    v6 = [(b.ip_bytes(f"2001:db8::{i:x}"), 443, b.ip_bytes(f"2001:db8:1::{i:x}"), 50000 + i) for i in range(n - n // 2)]
+    frames: dict[str, bytes] = {}
+    size = iter(range(100, 100_000, 10))
+    for family, (server, _, client, cport) in (("ipv4", v4[-1]), ("ipv4 first", v4[0]), ("ipv6", v6[-1])):
+        for tags in ((), (120,), (120, 7)):
+            web = Path(client, server, **({"vlan": tags[0]} if tags else {}))
+            cases = {
+                "drop download": web.tcp_frame(False, 443, cport, 9, 2, 0x18, 501, bytes(next(size))),
+                "drop ack": web.tcp_frame(False, 443, cport, 9, 2, 0x10, 501, bytes(next(size))),
+                "drop quic short header": web.udp(False, 443, cport, b"\x40" + bytes(next(size))),
+                "keep syn-ack": web.tcp_frame(False, 443, cport, 7, 2, 0x12, 64240, bytes(next(size))),
+                "keep fin": web.tcp_frame(False, 443, cport, 9, 2, 0x11, 501, bytes(next(size))),
+                "keep rst": web.tcp_frame(False, 443, cport, 9, 2, 0x14, 0, bytes(next(size))),
+                "keep upload": web.tcp_frame(True, cport, 443, 2, 9, 0x18, 502, bytes(next(size))),
+                "keep quic long header": web.udp(False, 443, cport, b"\xc3" + bytes(next(size))),
+                "keep another client port": web.tcp_frame(False, 443, cport + 1000, 9, 2, 0x18, 501, bytes(next(size))),
+                "keep another server port": web.tcp_frame(False, 8443, cport, 9, 2, 0x18, 501, bytes(next(size))),
+            }
+            if not web.ipv6:
+                src, dst = web.ends(False)
+                payload = b.udp(src, dst, 443, cport, b"\x40" + bytes(2000 + next(size)))
+                pieces = b.ipv4_fragments(src, dst, b.UDP_PROTO, payload, mtu=1500, ident=7)
+                cases |= {f"keep fragment {k}": web.frame_ip(False, piece) for k, piece in enumerate(pieces)}
+            for what, frame in cases.items():
+                if len(tags) == 2:  # an outer 802.1ad tag, which the kernel takes into the metadata
+                    frame = frame[:12] + b"\x88\xa8" + tags[1].to_bytes(2, "big") + frame[12:]
+                verb, rest = what.split(" ", 1)
+                frames[f"{verb} {family} {len(tags)} tags: {rest}"] = frame
+    return v4 + v6, frames
 
 
-def set_filters() -> None:
-    handle = LiveInterface("fo1", snaplen=2048, promiscuous=True, buffer_mib=4, bpf="")
-    for name, flows in filter_lists().items():
-        print(f"list {name}", file=sys.stderr, flush=True)
-        handle.set_filter(prefilter(flows))
-    handle.close()
+def run_filters() -> dict[str, int]:
+    """Attach the full bulk list on a live handle, send every case once: how often each arrived."""
+    flows, frames = filter_cases()
+    handle = LiveInterface("fo1", snaplen=9000, promiscuous=True, buffer_mib=4, bpf="")
+    assert handle.drop_flows(flows) == len(flows)
+    out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    out.bind(("fo0", 0))
+    for frame in frames.values():
+        out.send(frame)
+    time.sleep(0.5)
+    got = [data for _, _, data in handle.drain(1000)]
+    return {name: got.count(frame) for name, frame in frames.items()}
 
 
 def main() -> None:
@@ -80,7 +117,7 @@ def main() -> None:
         subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1"], check=True)
         subprocess.run(["ip", "link", "set", dev, "up", "mtu", "9000"], check=True)
     if sys.argv[1:] == ["filters"]:
-        set_filters()
+        print(json.dumps(run_filters()))
         return
     handles = [LiveInterface("fo1", snaplen=9000, promiscuous=True, buffer_mib=4, bpf="") for _ in range(2)]
     for h in handles:

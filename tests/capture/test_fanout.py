@@ -1,6 +1,6 @@
 """The fanout program in the kernel: two capture handles in one group on a veth pair in a
 network namespace made here, frames of 120 clients sent into the pair (see _fanout_probe);
-and the bulk-drop filter's full list, which the kernel must accept on a live handle."""
+and the bulk-drop filter with a full list on a live handle: what it drops and what it keeps."""
 
 from __future__ import annotations
 
@@ -31,17 +31,21 @@ def _namespace_or_skip() -> str:
     return name
 
 
-@pytest.fixture(scope="module")
-def landed() -> dict:
+def _probe(*args: str) -> dict:
     ns = _namespace_or_skip()
     try:
         r = subprocess.run(
-            ["ip", "netns", "exec", ns, sys.executable, str(PROBE)], capture_output=True, text=True, timeout=120
+            ["ip", "netns", "exec", ns, sys.executable, str(PROBE), *args], capture_output=True, text=True, timeout=120
         )
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def landed() -> dict:
+    return _probe()
 
 
 def test_every_frame_of_a_client_reaches_one_worker_with_its_dns(landed: dict) -> None:
@@ -69,3 +73,10 @@ def test_program_resolves_every_jump_forward_and_ends_in_a_return() -> None:
         if code & 0x07 == 0x05:
             targets = (k,) if code & 0xF0 == 0 else (jt, jf)
             assert all(0 <= t < len(program) - i - 1 for t in targets), i
+
+
+def test_bulk_filter_drops_only_the_listed_downloads_and_keeps_names_handshakes_uploads_and_ends() -> None:
+    arrived = _probe("filters")
+    assert len(arrived) > 90
+    wrong = {name: n for name, n in arrived.items() if n != (name.startswith("keep"))}
+    assert not wrong, wrong
