@@ -21,7 +21,7 @@ from pathlib import Path
 
 from detector.app import build_classifier
 from detector.capture.bulk_filter import MAX_FILTER_FLOWS, BulkFlow
-from detector.capture.live import CaptureSetupError, LiveInterface
+from detector.capture.live import CaptureSetupError, LiveInterface, merged_segments
 from detector.capture.pcapfile import iter_frames
 from detector.config import Config, state_path
 from detector.fastpath import PYTHON_UDP_PORTS
@@ -306,6 +306,14 @@ class Daemon:
             iface.join_fanout(self.worker[1])
         if cfg.bpf and cfg.bpf != "auto":
             iface.set_filter(cfg.bpf)
+        merged = merged_segments(name)
+        if merged and (self.worker is None or self.worker[0] == 0):
+            log.warning(
+                "%s: %s is on: the kernel merges TCP segments before capture, so packets are counted merged "
+                "and a merged segment longer than capture.snaplen (%d) loses its end, which can cut a ClientHello "
+                "that spans segments; on a mirror port turn it off: ethtool -K %s gro off lro off",
+                name, " and ".join(merged), cfg.snaplen, name,
+            )  # fmt: skip
         self._live.append(iface)
         kind = _kind(iface)
         self._readers.append(

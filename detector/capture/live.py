@@ -9,9 +9,12 @@ whole batch per call, so the per-packet crossing into Python is one slice, not o
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -40,6 +43,10 @@ PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 
 # linux/asm-generic/socket.h
 SO_ATTACH_FILTER = 26
+# linux/sockios.h and linux/ethtool.h: the ethtool ioctl, and what it reads
+SIOCETHTOOL = 0x8946
+ETHTOOL_GFLAGS, ETHTOOL_GGRO = 0x25, 0x2B
+ETH_FLAG_LRO = 1 << 15
 
 
 class CaptureSetupError(Exception):
@@ -198,6 +205,23 @@ class LiveInterface:
         self.stats()
         self._closed = True
         self._cap.close()
+
+
+def merged_segments(name: str) -> list[str]:
+    """Which of the interface's receive offloads that merge TCP segments before capture are
+    on ("GRO", "LRO"); [] when none is, or when the driver does not say."""
+    on = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for what, cmd, mask in (("GRO", ETHTOOL_GGRO, 1), ("LRO", ETHTOOL_GFLAGS, ETH_FLAG_LRO)):
+            value = ctypes.create_string_buffer(struct.pack("=II", cmd, 0))
+            ifreq = struct.pack("=16sQ", name.encode()[:15], ctypes.addressof(value))
+            try:
+                fcntl.ioctl(sock, SIOCETHTOOL, ifreq)
+            except OSError:
+                continue  # no such interface, or a driver without this ethtool call
+            if struct.unpack_from("=II", value)[1] & mask:
+                on.append(what)
+    return on
 
 
 def joined_batches(datas: list[bytes], metas: list[bytes]) -> tuple[bytes, bytes]:

@@ -353,3 +353,26 @@ def test_missing_interface_is_a_one_line_error(veth, tmp_path):
     assert r.returncode != 0
     assert r.stderr.strip().count("\n") == 0 and "nosuchif0" in r.stderr and "does not exist" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+_SET_GRO = """
+import ctypes, fcntl, socket, struct, sys
+value = ctypes.create_string_buffer(struct.pack("=II", 0x2C, int(sys.argv[2])))  # ETHTOOL_SGRO
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    fcntl.ioctl(sock, 0x8946, struct.pack("=16sQ", sys.argv[1].encode(), ctypes.addressof(value)))
+"""
+
+
+def test_interface_that_merges_segments_before_capture_is_named_in_a_warning(veth, tmp_path):
+    _ns(veth["sensor"], PY, "-c", _SET_GRO, veth["cap"], "1")
+    try:
+        sensor = Sensor(veth, tmp_path)
+        assert sensor.stop() == 0
+    finally:
+        _ns(veth["sensor"], PY, "-c", _SET_GRO, veth["cap"], "0")
+    log = (tmp_path / "daemon.log").read_text()
+    assert f"{veth['cap']}: GRO is on" in log and f"ethtool -K {veth['cap']} gro off" in log, log
+    quiet = tmp_path / "again"
+    quiet.mkdir()
+    assert Sensor(veth, quiet).stop() == 0
+    assert "GRO" not in (quiet / "daemon.log").read_text()
