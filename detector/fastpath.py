@@ -67,8 +67,7 @@ def _share(args: tuple[Path, int, int]) -> tuple[list[UsageEvent], Stats, str | 
     cfg, classifier, include_all = _SHARED  # type: ignore[misc]
     events: list[UsageEvent] = []
     main = Pipeline(cfg, classifier, events.append, Stats(), include_unmatched=include_all)
-    # Every share sees all DNS (for its cache) and reports the lookups of its own clients.
-    main.lookup_share = (k, n)
+    main.share = (k, n)
     cut = analyze(path, main, cfg, part=(k, n))
     main.finish()
     return events, main.stats, cut
@@ -77,11 +76,12 @@ def _share(args: tuple[Path, int, int]) -> tuple[list[UsageEvent], Stats, str | 
 def analyze_shared(
     path: Path, cfg: Config, classifier: object, shares: int, include_all: bool = False
 ) -> tuple[list[UsageEvent], Stats, str | None]:
-    """One file on `shares` processes (a power of two), each taking the flows whose address
-    hash falls in its share: the events of all shares, their counters added up, and
-    libpcap's message if the file ends in a truncated record. Flows do not cross shares,
-    so the result equals one process's (with `include_all`, an event for every flow);
-    raises FastPathUnavailable when the fast path cannot read the file."""
+    """One file on `shares` processes (a power of two), each taking the clients whose
+    address hash falls in its share, with their DNS (see capture.libpcap): the events of
+    all shares, their counters added up, and libpcap's message if the file ends in a
+    truncated record. Flows do not cross shares, so the result equals one process's (with
+    `include_all`, an event for every flow); raises FastPathUnavailable when the fast path
+    cannot read the file."""
     import multiprocessing as mp
 
     global _SHARED
@@ -93,13 +93,8 @@ def analyze_shared(
         _SHARED = None
     events: list[UsageEvent] = []
     total = Stats()
-    for k, (evs, st, _) in enumerate(results):
+    for evs, st, _ in results:
         events.extend(evs)
-        if k:
-            # DNS reached every share: its datagrams count once, in share 0 (its anomalies
-            # are counted by the share that reports the client's lookups).
-            st.packets -= st.dns_datagrams
-            st.dns_datagrams = 0
         add_stats(total, st)
     return events, total, results[0][2]
 

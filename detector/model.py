@@ -318,7 +318,6 @@ class Stats:
     packets: int = 0
     bytes: int = 0
     frames_skipped: int = 0  # non-IP or uninteresting link frames
-    dns_datagrams: int = 0  # DNS over UDP (fed to every share of a split analysis)
     anomalies: dict[str, int] = field(default_factory=dict)
     flows_total: int = 0
     flows_evicted: int = 0

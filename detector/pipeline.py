@@ -19,7 +19,7 @@ from detector.decode import gquic as gquic_dec
 from detector.decode import http as http_dec
 from detector.decode import quic as quic_dec
 from detector.decode import tls as tls_dec
-from detector.decode.net import decode_frame, decode_l4
+from detector.decode.net import decode_frame, decode_l4, outer_fragment
 from detector.flows.dnscache import DnsCache
 from detector.flows.fragments import FragmentTable
 from detector.flows.reassembly import StreamHead
@@ -96,14 +96,15 @@ class Pipeline:
         self.fragments = FragmentTable()
         self.inspect_bytes = fc.inspect_bytes
         self._queries: OrderedDict[tuple[bytes, int, str], None] = OrderedDict()
+        # The share of the clients this pipeline owns when one file is split over processes
+        # (fastpath.analyze_shared, capture.libpcap): (k, n), or None for all. Fragments
+        # reach every share: each reassembles them and keeps its own clients' datagrams (of
+        # another's DNS answer, only what its cache learns), and share 0 counts their frames.
+        self.share: tuple[int, int] | None = None
         # A live kernel filter's hooks: a named flow that does not matter and keeps
         # downloading may have its downloads dropped in the kernel, until it ends.
         self.watch_bulk: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
         self.bulk_ended: Callable[[tuple[bytes, int, bytes, int]], None] | None = None
-        # Which UDP lookups this pipeline reports when several see the same DNS datagrams
-        # (the fast path's shares): those of clients whose address's last byte is k modulo
-        # n, as (k, n); None: none. Their DNS anomalies are counted the same way.
-        self.lookup_share: tuple[int, int] | None = (0, 1)
 
     # -- input -----------------------------------------------------------------
 
@@ -123,6 +124,8 @@ class Pipeline:
             self._packet(res)
         elif res is None:
             stats.frames_skipped += 1
+        elif self.share is not None and outer_fragment(linktype, data):
+            self._shared_piece(res, len(data))
         elif type(res) is IPFragment:
             self._fragment(res)
         else:
@@ -139,6 +142,27 @@ class Pipeline:
         stats.packets += packets
         stats.bytes += frame_bytes
         self._packet(L4Packet(first, src, dst, proto, sport, dport, ip_bytes, 0, 0, b""), packets, last)
+
+    def _shared_piece(self, res: IPFragment | Anomaly | None, size: int) -> None:
+        """A frame that reached every share (see `share`)."""
+        k, n = self.share  # type: ignore[misc]
+        if k:
+            self.stats.packets -= 1
+            self.stats.bytes -= size
+        if type(res) is not IPFragment:
+            if k == 0 and res is not None:
+                self.stats.anomaly(res.kind)
+            return
+        pkt = self._reassembled(res)
+        if type(pkt) is L4Packet:
+            if client_share(pkt, n) == k:
+                self._packet(pkt)
+            elif pkt.proto == UDP and pkt.sport in DNS_UDP_PORTS:
+                msg = dns_dec.parse_dns(pkt.payload)
+                if type(msg) is DnsMessage and msg.is_response:
+                    self.dnscache.learn(pkt.ts, pkt.dst, msg)  # another share reports it
+        elif k == 0 and isinstance(pkt, Anomaly):
+            self.stats.anomaly(pkt.kind)
 
     def _fragment(self, frag: IPFragment) -> None:
         res = self._reassembled(frag)
@@ -193,25 +217,14 @@ class Pipeline:
     # -- DNS -------------------------------------------------------------------
 
     def _dns_datagram(self, pkt: L4Packet) -> None:
-        self.stats.dns_datagrams += 1
-        payload = pkt.payload
-        response = len(payload) > 2 and payload[2] & 0x80
-        mine = self._reports(pkt.dst if response else pkt.src)
-        if not (mine or response):
-            return  # a query only makes its lookup event, which another pipeline reports
-        msg = dns_dec.parse_dns(payload)
+        msg = dns_dec.parse_dns(pkt.payload)
         if type(msg) is DnsMessage:
             if msg.is_response:
                 self._dns_response(pkt.ts, pkt.dst, pkt.src, pkt.sport, msg, pkt.ip_len, "udp")
             else:
                 self._dns_query(pkt.ts, pkt.src, pkt.dst, pkt.dport, msg, pkt.ip_len, "udp")
-        elif msg is not None and mine:
+        elif msg is not None:
             self.stats.anomaly(msg.kind)
-
-    def _reports(self, client: bytes) -> bool:
-        """Whether this pipeline reports the UDP lookups of `client` (see lookup_share)."""
-        share = self.lookup_share
-        return share is not None and (share[1] == 1 or client[-1] % share[1] == share[0])
 
     def _dns_query(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
         if not msg.questions:
@@ -232,8 +245,6 @@ class Pipeline:
         self._dns_events(ts, client, server, port, msg, size, transport)
 
     def _dns_events(self, ts: float, client: bytes, server: bytes, port: int, msg: DnsMessage, size: int, transport: str) -> None:
-        if transport == "udp" and not self._reports(client):
-            return  # another worker or share reports the DNS datagrams that all of them see
         events = self.classifier.classify_dns(  # type: ignore[attr-defined]
             ts, client, server, port, msg, size, self.include_unmatched, transport=transport, include_candidates=True
         )
@@ -476,3 +487,16 @@ class Pipeline:
         """Copy table-owned counters into stats (cheap; called by metrics and at the end)."""
         self.stats.flows_evicted = self.table.evicted
         self.stats.dns_cache_evictions = self.dnscache.evictions
+
+
+def client_share(pkt: L4Packet, shares: int) -> int:
+    """Which of `shares` (a power of two) holds the packet's client when a file is split:
+    the side with the higher port, by its address's last byte; with equal ports, both
+    addresses' last bytes xor-ed. capture.libpcap's share filter is the same rule in BPF."""
+    if pkt.sport > pkt.dport:
+        byte = pkt.src[-1]
+    elif pkt.sport < pkt.dport:
+        byte = pkt.dst[-1]
+    else:
+        byte = pkt.src[-1] ^ pkt.dst[-1]
+    return byte & (shares - 1)

@@ -12,7 +12,7 @@ import pcapy
 
 from detector.capture.live import joined_batches
 from detector.capture.pcapfile import CaptureError
-from detector.model import DNS_UDP_PORTS, IPV4_OFFSETS
+from detector.model import IPV4_OFFSETS
 
 # Frames per `next_batch` call: the selection is done per batch in numpy (the larger,
 # the cheaper per frame, up to about 12 MB of frames); smaller steps re-read a cut file.
@@ -45,54 +45,61 @@ def fast_path_linktype(path: Path) -> int | None:
     return dlt if dlt in IPV4_OFFSETS else None
 
 
-_DNS_PORTS = tuple(sorted(DNS_UDP_PORTS))
-
-
-def _dns_ports(at: int) -> str:
-    return " or ".join(f"ether[{at + side}:2] == {port}" for side in (0, 2) for port in _DNS_PORTS)
-
-
-# UDP DNS behind one 802.1Q/802.1ad tag, at fixed Ethernet offsets (IPv4 without options and
-# not a fragment, or IPv6 with UDP next).
-_TAGGED_DNS = (
-    f"({_TAGGED} and ("
-    f"(ether[16:2] == 0x0800 and ether[18] == 0x45 and ether[27] == 17 and (ether[24:2] & 0x3fff) == 0"
-    f" and ({_dns_ports(38)}))"
-    f" or (ether[16:2] == 0x86dd and ether[24] == 17 and ({_dns_ports(58)}))))"
-)
-
-# DNS over UDP reaches every share whole: each share's DNS cache must know every client's
-# lookups. (DNS over TCP is a flow like any other: it goes to its flow's share.)
-_DNS = " or ".join(f"udp port {port}" for port in _DNS_PORTS)
-
-
 def _share_filter(dlt: int, part: tuple[int, int] | None) -> str:
     """BPF for the k-th of n shares of a file, `part` = (k, n), n a power of two ("" for the
-    whole file): a flow's share is a hash of its two addresses that is the same in both
-    directions (last octets xor-ed), read at fixed offsets behind one 802.1Q/802.1ad tag;
-    DNS over UDP (untagged or behind one tag) goes to every share, a fragmented answer to
-    its flow's share only (its pieces must meet), traffic that is neither IPv4 nor IPv6 (or
-    has two VLAN tags) to share 0.
+    whole file). A share owns clients: a TCP or UDP packet goes to the share of its client,
+    the side with the higher port (an ephemeral port against a service port), by its
+    address's last byte, so a client's flows and its DNS meet in one share, as the live
+    workers' fanout program keys them (pipeline.client_share is the same rule in Python).
+    Equal ports, other protocols and packets whose ports the filter does not read (IPv6
+    extension headers, IPv4 options behind a VLAN tag) go by both addresses' last bytes
+    xor-ed, which keeps each of those flows in one share; IP fragments go to every share.
+    Addresses are read at fixed offsets behind one 802.1Q/802.1ad tag; traffic that is
+    neither IPv4 nor IPv6 (or has two tags) goes to share 0.
     """
     if part is None:
         return ""
     k, n = part
     m = n - 1
-    ip_forms = [
-        ("ip", f"((ip[15] ^ ip[19]) & {m})"),
-        ("ip6", f"((ip6[23] ^ ip6[39]) & {m})"),
+    l4 = "(ip6[6] == 6 or ip6[6] == 17)"
+    forms = [
+        # (is this form, last byte of the source, of the destination, has ports, ports compared)
+        ("ip", "ip[15]", "ip[19]", "((ip[6:2] & 0x3fff) == 0 and (ip[9] == 6 or ip[9] == 17))", _l4_ports),
+        ("ip6", "ip6[23]", "ip6[39]", l4, lambda op: f"ip6[40:2] {op} ip6[42:2]"),
     ]
-    every = f"({_DNS}) and not (ip and (ip[6:2] & 0x3fff) != 0)"
     if dlt == 1:
-        ip_forms += [
-            (f"{_TAGGED} and ether[16:2] == 0x0800", f"((ether[33] ^ ether[37]) & {m})"),
-            (f"{_TAGGED} and ether[16:2] == 0x86dd", f"((ether[41] ^ ether[57]) & {m})"),
+        forms += [
+            (f"({_TAGGED} and ether[16:2] == 0x0800)", "ether[33]", "ether[37]",
+             "(ether[18] == 0x45 and (ether[24:2] & 0x3fff) == 0 and (ether[27] == 6 or ether[27] == 17))",
+             lambda op: f"ether[38:2] {op} ether[40:2]"),
+            (f"({_TAGGED} and ether[16:2] == 0x86dd)", "ether[41]", "ether[57]",
+             "(ether[24] == 6 or ether[24] == 17)", lambda op: f"ether[58:2] {op} ether[60:2]"),
+        ]  # fmt: skip
+    mine = " or ".join(
+        f"({is_form} and (({ported} and {cmp('>')} and ({src} & {m}) == {k})"
+        f" or ({ported} and {cmp('<')} and ({dst} & {m}) == {k})"
+        f" or (not ({ported} and {cmp('!=')}) and (({src} ^ {dst}) & {m}) == {k})))"
+        for is_form, src, dst, ported, cmp in forms
+    )
+    # IP fragments reach every share, since only a datagram's first piece has ports to tell
+    # the client by: each share reassembles them and keeps its own clients' datagrams
+    # (decode.net.outer_fragment is this test in Python).
+    pieces = ["(ip and (ip[6:2] & 0x3fff) != 0)", "(ip6 and ip6[6] == 44 and (ip6[42:2] & 0xfff9) != 0)"]
+    if dlt == 1:
+        pieces += [
+            f"({_TAGGED} and ether[16:2] == 0x0800 and (ether[24:2] & 0x3fff) != 0)",
+            f"({_TAGGED} and ether[16:2] == 0x86dd and ether[24] == 44 and (ether[60:2] & 0xfff9) != 0)",
         ]
-        every = f"({every}) or {_TAGGED_DNS}"
-    mine = " or ".join(f"({is_ip} and {h} == {k})" for is_ip, h in ip_forms)
+    mine += " or " + " or ".join(pieces)
     if k == 0:
-        mine += " or not (" + " or ".join(f"({is_ip})" for is_ip, _ in ip_forms) + ")"
-    return f"({every}) or {mine}"
+        mine += " or not (" + " or ".join(is_form for is_form, *_ in forms) + ")"
+    return mine
+
+
+def _l4_ports(op: str) -> str:
+    """Source port `op` destination port, for an IPv4 TCP or UDP packet (libpcap finds the
+    header behind any options; its tcp[] and udp[] do not read IPv6)."""
+    return f"(tcp[0:2] {op} tcp[2:2] or udp[0:2] {op} udp[2:2])"
 
 
 def batches(path: Path, dlt: int, part: tuple[int, int] | None, cut: list[str]) -> Iterator[tuple[bytes, bytes]]:

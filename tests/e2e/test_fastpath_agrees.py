@@ -86,16 +86,18 @@ def test_fast_path_feeds_few_packets_one_by_one(cfg) -> None:
     assert len(fed) < frames / 2, f"{len(fed)} of {frames} frames fed one by one"
 
 
+@pytest.mark.parametrize("shares", [2, 4])
 @pytest.mark.parametrize("path", [p for p in OWN if usable(p)], ids=[p.name for p in OWN if usable(p)])
-def test_splitting_a_capture_over_two_processes_changes_nothing(path: Path, cfg) -> None:
-    """Flows are shared out by an address hash that is the same in both directions; DNS goes
-    to both shares and is reported by one: the union is the one-process result."""
+def test_splitting_a_capture_over_processes_changes_nothing(path: Path, cfg, shares: int) -> None:
+    """Clients are shared out with their flows and DNS; fragments reach every share, and each
+    keeps its own clients' datagrams: the union is the one-process result (a fragmented
+    answer names a flow in another share through that share's cache)."""
     classifier = build_classifier(cfg)
     full: list = []
     pipe = Pipeline(cfg, classifier, full.append, Stats())
     pipe.run(iter_frames(path))
     pipe.finish()
-    events, stats, cut = analyze_shared(path, cfg, classifier, 2)
+    events, stats, cut = analyze_shared(path, cfg, classifier, shares)
     assert cut is None
     assert sorted(map(_key, events)) == sorted(map(_key, full))
     assert _coverage(stats) == _coverage(pipe.stats)
