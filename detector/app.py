@@ -13,6 +13,7 @@ from typing import IO, TYPE_CHECKING
 
 from detector import __version__
 from detector.capture import suricata, zeeklog
+from detector.capture.libpcap import splittable
 from detector.capture.logjoin import detect_format
 from detector.capture.logjoin import feed as feed_logs
 from detector.capture.pcapfile import CaptureError, expand_paths, file_size, iter_frames
@@ -107,6 +108,8 @@ def analyze(
     # One file's flows can be split over the cores; several files share flows (a rotated
     # capture), so they go through one process in order.
     shares = SHARES if fast and len(files) == 1 and not logs and (os.cpu_count() or 1) >= SHARES else 0
+    if shares and not splittable(files[0]):
+        shares = 0
     try:
         for path in files:
             try:

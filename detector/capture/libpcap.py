@@ -45,6 +45,26 @@ def fast_path_linktype(path: Path) -> int | None:
     return dlt if dlt in IPV4_OFFSETS else None
 
 
+# Bytes of a frame the share filter reads, at most: Ethernet, a tag, IPv6 and a fragment
+# header or ports. A file captured with a shorter snap length is not split (see splittable).
+SPLIT_SNAPLEN = 64
+
+
+def splittable(path: Path) -> bool:
+    """Whether the file's frames are captured long enough for the share filter to read
+    every field it tests (its header's snap length); a frame cut shorter would reach no
+    share, since BPF rejects a packet on a load past its end."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(24)
+    except OSError:
+        return False
+    if len(header) < 24 or header[:4] not in _PCAP_MAGICS:
+        return False
+    little = header[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
+    return int.from_bytes(header[16:20], "little" if little else "big") >= SPLIT_SNAPLEN
+
+
 def _share_filter(dlt: int, part: tuple[int, int] | None) -> str:
     """BPF for the k-th of n shares of a file, `part` = (k, n), n a power of two ("" for the
     whole file). A share owns clients: a TCP or UDP packet goes to the share of its client,
@@ -55,7 +75,8 @@ def _share_filter(dlt: int, part: tuple[int, int] | None) -> str:
     extension headers, IPv4 options behind a VLAN tag) go by both addresses' last bytes
     xor-ed, which keeps each of those flows in one share; IP fragments go to every share.
     Addresses are read at fixed offsets behind one 802.1Q/802.1ad tag; traffic that is
-    neither IPv4 nor IPv6 (or has two tags) goes to share 0.
+    neither IPv4 nor IPv6 (or has two tags) goes to share 0. A frame cut short inside the
+    fields it reads would reach no share: files with a short snap length are not split.
     """
     if part is None:
         return ""

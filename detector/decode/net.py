@@ -129,8 +129,8 @@ def outer_fragment(linktype: int, data: bytes) -> bool:
         version = data[at] >> 4
     if version == 4:
         return len(data) >= at + 8 and (data[at + 6] << 8 | data[at + 7]) & 0x3FFF != 0
-    if version == 6:
-        return len(data) >= at + 44 and data[at + 6] == _IPV6_FRAGMENT and (data[at + 42] << 8 | data[at + 43]) & 0xFFF9 != 0
+    if version == 6 and len(data) >= at + 44:
+        return data[at + 6] == _IPV6_FRAGMENT and (data[at + 42] << 8 | data[at + 43]) & 0xFFF9 != 0
     return False
 
 

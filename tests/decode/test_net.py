@@ -236,6 +236,7 @@ LINKTYPES = sorted(LINKTYPE_KINDS) + [147, 65535]  # every supported type and tw
 @given(linktype=st.sampled_from(LINKTYPES), data=st.binary(max_size=200))
 def test_random_bytes_never_raise(linktype: int, data: bytes) -> None:
     check_contract(net.decode_frame(0.0, linktype, data))
+    assert isinstance(net.outer_fragment(linktype, data), bool)
 
 
 @settings(max_examples=400, deadline=None)
@@ -243,6 +244,7 @@ def test_random_bytes_never_raise(linktype: int, data: bytes) -> None:
 def test_mutated_valid_frames_never_raise(case: tuple[int, bytes]) -> None:
     linktype, frame = case
     check_contract(net.decode_frame(0.0, linktype, frame))
+    assert isinstance(net.outer_fragment(linktype, frame), bool)
 
 
 @settings(max_examples=300, deadline=None)

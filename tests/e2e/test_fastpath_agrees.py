@@ -10,6 +10,7 @@ import pytest
 
 from detector import fastpath
 from detector.app import build_classifier
+from detector.capture.libpcap import splittable
 from detector.capture.pcapfile import PcapWriter
 from detector.synth import builders as b
 from detector.synth.path import Path as WirePath
@@ -176,3 +177,14 @@ def test_with_all_every_flow_comes_out_of_the_fast_path_as_out_of_the_full_one(c
     events, _, _ = analyze_shared(sample, cfg, classifier, 2, include_all=True)
     assert sorted(map(_key, events)) == sorted(map(_key, full))
     assert sum(1 for e in full if not e.service) > 50, "ordinary flows are in the output too"
+
+
+def test_a_short_snap_length_capture_is_not_split_since_its_cut_frames_would_reach_no_share(cfg, tmp_path) -> None:
+    sample = ROOT / "samples" / "office-sample.pcap"
+    short = tmp_path / "short.pcap"
+    with PcapWriter(short, snaplen=40) as out:
+        for ts, _, frame in iter_frames(sample):
+            out.write(ts, frame[:40], len(frame))
+    assert splittable(sample) and not splittable(short)
+    _, stats, _ = analyze_shared(short, cfg, build_classifier(cfg), 2)
+    assert stats.packets < sum(1 for _ in iter_frames(short)), "BPF rejects a frame on a load past its end"
