@@ -45,9 +45,10 @@ def fast_path_linktype(path: Path) -> int | None:
     return dlt if dlt in IPV4_OFFSETS else None
 
 
-# Bytes of a frame the share filter reads, at most: Ethernet, a tag, IPv6 and a fragment
-# header or ports. A file captured with a shorter snap length is not split (see splittable).
-SPLIT_SNAPLEN = 64
+# Bytes of a frame the share filter may read: a link header (up to 20), an IPv4 header with
+# options (up to 60) and the ports. A file captured with a shorter snap length is not split
+# (see splittable).
+SPLIT_SNAPLEN = 96
 
 
 def splittable(path: Path) -> bool:
