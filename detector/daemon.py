@@ -299,13 +299,13 @@ class Daemon:
 
     def _open_interface(self, name: str) -> None:
         cfg = self.cfg.capture
-        iface = LiveInterface(name, snaplen=cfg.snaplen, promiscuous=cfg.promiscuous, buffer_mib=cfg.buffer_mib, bpf="")
+        # The operator's own expression, or none: "auto" is the bulk filter, set as flows are known.
+        bpf = "" if cfg.bpf == "auto" else cfg.bpf
+        iface = LiveInterface(name, snaplen=cfg.snaplen, promiscuous=cfg.promiscuous, buffer_mib=cfg.buffer_mib, bpf=bpf)
         if self.worker is not None:
             # A worker gets whole clients (their flows and their DNS), so its DNS cache
             # names its own flows and it reports its own clients' lookups.
             iface.join_fanout(self.worker[1])
-        if cfg.bpf and cfg.bpf != "auto":
-            iface.set_filter(cfg.bpf)
         merged = merged_segments(name)
         if merged and (self.worker is None or self.worker[0] == 0):
             log.warning(

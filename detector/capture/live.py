@@ -89,8 +89,8 @@ class LiveInterface:
 
     def set_filter(self, expression: str) -> None:
         """Set the operator's own filter, a tcpdump expression, compiled by libpcap for this
-        handle. Only at start: libpcap attaches a reject-all program while it swaps in the
-        new one, and what arrives meanwhile is lost uncounted."""
+        handle. Only at start (the constructor's `bpf`): libpcap attaches a reject-all
+        program while it swaps in the new one, and what arrives meanwhile is lost uncounted."""
         try:
             with self._lock:
                 self._cap.setfilter(expression)
