@@ -56,6 +56,21 @@ def _hash_word(src: int, dst: int, sym: str) -> list[Insn | str]:
     ]
 
 
+def _client_word(family: str, to_ports: list[Insn | str], ports: int, addresses: tuple[int, int]) -> list[Insn | str]:
+    """From the IP protocol in A: for TCP or UDP, X moved by `to_ports` and the ports read at
+    net(ports), then the client's address word (see _hash_word), read at `addresses`."""
+    return [
+        (JMP | JEQ | K, 6, f"{family}-ports", None),
+        (JMP | JEQ | K, 17, f"{family}-ports", f"{family}-both"),
+        f"{family}-ports",
+        *to_ports,
+        (LD | H | IND, net(ports), None, None),
+        (ST, _T1, None, None),
+        (LD | H | IND, net(ports + 2), None, None),
+        *_hash_word(*addresses, f"{family}-both"),
+    ]
+
+
 def _program() -> list[Insn | str]:
     return [
         *prologue("v4", "v6", "other"),
@@ -65,23 +80,10 @@ def _program() -> list[Insn | str]:
         (LD | H | IND, net(6), None, None),
         (JMP | JSET | K, 0x3FFF, "v4-both", None),  # a fragment: no ports in every piece
         (LD | B | IND, net(9), None, None),
-        (JMP | JEQ | K, 6, "v4-ports", None),
-        (JMP | JEQ | K, 17, "v4-ports", "v4-both"),
-        "v4-ports",
-        *past_ipv4_header(),
-        (LD | H | IND, net(0), None, None),
-        (ST, _T1, None, None),
-        (LD | H | IND, net(2), None, None),
-        *_hash_word(12, 16, "v4-both"),
+        *_client_word("v4", past_ipv4_header(), 0, (12, 16)),
         "v6",
         (LD | B | IND, net(6), None, None),
-        (JMP | JEQ | K, 6, "v6-ports", None),
-        (JMP | JEQ | K, 17, "v6-ports", "v6-both"),
-        "v6-ports",
-        (LD | H | IND, net(40), None, None),
-        (ST, _T1, None, None),
-        (LD | H | IND, net(42), None, None),
-        *_hash_word(20, 36, "v6-both"),  # the last 32 bits of each address
+        *_client_word("v6", [], 40, (20, 36)),  # the last 32 bits of each address
         "fold",  # fold the word so that `% workers` sees every byte of it
         (ST, _T2, None, None),
         (ALU | RSH | K, 16, None, None),
